@@ -1,0 +1,191 @@
+"""The `rtdetr` command: `rtdetr <task> -e spec.yaml [key=value ...]` and utility commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rtdetr import __version__
+from rtdetr.config.rules import TASKS
+from rtdetr.errors import SpecError, UserError
+
+log = logging.getLogger("rtdetr.cli")
+
+TASK_HELP = {
+    "train": "train a model on COCO-format data",
+    "evaluate": "compute COCO metrics of a model on the test data",
+    "inference": "detect objects in folders of images and videos",
+    "export": "export a model to ONNX (and DeepStream files)",
+    "distill": "train a student model with a frozen teacher",
+    "gen_trt_engine": "build a TensorRT engine from an exported ONNX model",
+}
+
+
+def _common_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    default = argparse.SUPPRESS if suppress else None
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-v", "--verbose", action="store_true", default=default or False, help="log debug details"
+    )
+    group.add_argument(
+        "-q", "--quiet", action="store_true", default=default or False, help="log warnings only"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", default=default or False, help="show tracebacks of errors"
+    )
+
+
+def _spec_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument(
+        "-e", "--experiment_spec_file", "--experiment-spec-file", dest="spec", required=required,
+        metavar="SPEC", help="experiment spec file (YAML or JSON)",
+    )  # fmt: skip
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE",
+        help="dotted overrides parsed as YAML values, e.g. train.num_epochs=20 train.gpu_ids=[0,1]",
+    )  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rtdetr",
+        description="RT-DETR object detection driven by TAO-style experiment specs.",
+        epilog="Run `rtdetr <command> --help` for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"rtdetr {__version__}")
+    _common_flags(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="<command>", title="tasks and utility commands")
+    for task in TASKS:
+        p = sub.add_parser(task, help=TASK_HELP[task], description=f"{task}: {TASK_HELP[task]}.")
+        _spec_args(p)
+        _common_flags(p, suppress=True)
+
+    p = sub.add_parser(
+        "get-spec", help="print the default spec of a task, its JSON Schema or its reference page",
+        description="Print the complete default spec for a task (YAML or JSON), the JSON Schema of "
+        "the spec (--schema), or the Markdown spec reference (--markdown).",
+    )  # fmt: skip
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--action", choices=TASKS, help="the task whose default spec to print")
+    what.add_argument("--schema", action="store_true", help="print the JSON Schema with field metadata")
+    what.add_argument("--markdown", action="store_true", help="print the Markdown spec reference")
+    p.add_argument("--format", choices=("yaml", "json"), default="yaml", help="format of the default spec")
+    p.add_argument("-o", "--output", help="write to this file instead of standard output")
+    _common_flags(p, suppress=True)
+
+    p = sub.add_parser(
+        "validate", help="check a spec without running anything",
+        description="Check a spec (with overrides) for a task and print the resolved spec, or every problem.",
+    )  # fmt: skip
+    _spec_args(p)
+    p.add_argument("--action", choices=TASKS, help="also check the values this task requires")
+    p.add_argument("--format", choices=("yaml", "json"), default="yaml", help="format of the resolved spec")
+    _common_flags(p, suppress=True)
+    return parser
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output:
+        from rtdetr.fileio import atomic_write_text
+
+        atomic_write_text(output, text)
+        log.info("wrote %s", output)
+    else:
+        sys.stdout.write(text)
+
+
+def _dump(data: dict, fmt: str) -> str:
+    from rtdetr.config import dump_yaml
+
+    return json.dumps(data, indent=2) + "\n" if fmt == "json" else dump_yaml(data)
+
+
+def cmd_get_spec(args: argparse.Namespace) -> int:
+    from rtdetr.config import reference
+
+    if args.schema:
+        _emit(json.dumps(reference.json_schema(), indent=2) + "\n", args.output)
+    elif args.markdown:
+        _emit(reference.markdown_reference(), args.output)
+    else:
+        _emit(_dump(reference.default_spec(), args.format), args.output)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from rtdetr.config import load_spec, spec_to_dict
+
+    cfg = load_spec(args.spec, args.overrides, action=args.action)
+    sys.stdout.write(_dump(spec_to_dict(cfg), args.format))
+    log.info("%s is valid%s", args.spec, f" for {args.action}" if args.action else "")
+    return 0
+
+
+def cmd_task(args: argparse.Namespace) -> int:
+    from rtdetr.config import load_spec
+    from rtdetr.tasks.runner import run_task
+
+    try:
+        cfg = load_spec(args.spec, args.overrides, action=args.command)
+    except SpecError as exc:
+        _record_spec_failure(args, exc)
+        raise
+    run_task(args.command, cfg)
+    return 0
+
+
+def _record_spec_failure(args: argparse.Namespace, exc: SpecError) -> None:
+    """A FAILURE line for a bad spec, when the spec names its results directory explicitly."""
+    from rtdetr.config.loader import apply_overrides, read_spec_file
+    from rtdetr.status import StatusLogger
+
+    try:
+        raw = apply_overrides(read_spec_file(args.spec), args.overrides)
+        section = raw.get(args.command) if isinstance(raw.get(args.command), dict) else {}
+        own, top = section.get("results_dir"), raw.get("results_dir")
+        if isinstance(own, str) and own:
+            target = Path(own)
+        elif isinstance(top, str) and top:
+            target = Path(top) / args.command
+        else:
+            return
+        more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+        StatusLogger(target).write("FAILURE", f"{exc.kind}: {exc.problems[0]}{more}")
+    except (UserError, OSError):
+        return
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from rtdetr.log import setup_logging
+
+    setup_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
+    handler = {"get-spec": cmd_get_spec, "validate": cmd_validate}.get(args.command, cmd_task)
+    try:
+        return handler(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        for line in exc.lines():
+            print(f"error: {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

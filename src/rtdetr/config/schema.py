@@ -1,0 +1,598 @@
+"""The typed experiment spec: one dataclass per section of TAO's RT-DETR spec.
+
+Field names, defaults, ranges, options and AutoML flags follow the reference documentation's
+tables (where its example spec disagrees, the table wins); fields that TAO has but does not
+document follow TAO's behaviour. Every deliberate difference carries a ``note``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rtdetr.config.fields import INF, MISSING_VALUE, spec_field
+
+ACTIVATIONS = ("relu", "gelu", "silu", "leaky_relu", "hardswish", "mish", "tanh", "sigmoid", "identity")
+
+DOCUMENTED_BACKBONES = (
+    "convnext_tiny", "convnext_small", "convnext_base", "convnext_large", "convnext_xlarge",
+    "fan_tiny", "fan_small", "fan_base", "fan_large",
+    "resnet_18", "resnet_34", "resnet_50", "resnet_101",
+    "convnextv2_nano", "convnextv2_tiny", "convnextv2_base", "convnextv2_large", "convnextv2_huge",
+)  # fmt: skip
+VD_BACKBONES = ("resnet_18vd", "resnet_34vd", "resnet_50vd", "resnet_101vd")
+
+
+# ---------------------------------------------------------------------------------------- wandb
+@dataclass
+class WandbConfig:
+    """Weights & Biases logging (off by default: nothing may need a network by default)."""
+
+    enable: bool = spec_field(False, "Log the run to Weights & Biases.")
+    project: str = spec_field("rtdetr", "wandb project name.")
+    entity: str | None = spec_field(None, "wandb entity (user or team).")
+    name: str | None = spec_field(None, "Run name; by default wandb picks one.")
+    tags: list[str] = spec_field([], "Tags attached to the run.")
+    run_id: str | None = spec_field(None, "Id of a run to resume.")
+    save_code: bool = spec_field(False, "Save the code of the run to wandb.")
+    sync_tensorboard: bool = spec_field(False, "Also sync the TensorBoard logs.")
+    reinit: bool = spec_field(False, "Allow several runs in one process.")
+    mode: str = spec_field(
+        "online",
+        "online logs to the server; offline writes locally (sync later with `wandb sync`); disabled.",
+        valid_options=("online", "offline", "disabled"),
+        note="Not in TAO; offline mode works without a network.",
+    )
+
+
+# ---------------------------------------------------------------------------------------- model
+@dataclass
+class FrozenFMConfig:
+    """The frozen foundation model of Frozen RT-DETR (RT-DETR + a frozen foundation model)."""
+
+    enabled: bool = spec_field(
+        False,
+        "Flag to set frozen foundation model as enabled or disabled. When set to True, the frozen "
+        "foundation model will be enabled.",
+        note="The table's default column says True; TAO's example spec and behaviour have it off.",
+    )
+    backbone: str = spec_field(
+        "radio_v2-l", "Name of the frozen foundation model.",
+        valid_options=("radio_v2-b", "radio_v2-l", "radio_v2-h"),
+    )  # fmt: skip
+    checkpoint: str | None = spec_field(
+        None, "The path to the pretrained frozen foundation model checkpoint."
+    )
+
+
+@dataclass
+class ModelConfig:
+    """Configurable parameters to construct the model for a RT-DETR experiment."""
+
+    pretrained_backbone_path: str | None = spec_field(None, "[Optional] Path to a pretrained backbone file.")
+    backbone: str = spec_field(
+        "resnet_50",
+        "Backbone name of the model. TAO implementation of RT-DETR support ResNet, EfficientViT, FAN, "
+        "and ConvNext v1/v2.",
+        valid_options=DOCUMENTED_BACKBONES + VD_BACKBONES,
+        note="Adds resnet_18vd/34vd/50vd/101vd, the backbones of the published RT-DETR checkpoints.",
+    )
+    train_backbone: bool = spec_field(
+        True,
+        "Flag to set backbone weights as trainable or frozen. When set to False, the backbone weights "
+        "are frozen.",
+    )
+    num_queries: int = spec_field(300, "Number of queries.", valid_min=1, valid_max=INF, automl=True)
+    num_select: int = spec_field(
+        300, "Number of top-K predictions selected during post-processing.", valid_min=1, automl=True
+    )
+    num_feature_levels: int = spec_field(
+        3, "Number of feature levels to use in the model.", valid_min=1, valid_max=4
+    )
+    return_interm_indices: list[int] = spec_field(
+        [1, 2, 3],
+        "Index of feature levels to use in the model. The length must match num_feature_levels.",
+    )
+    feat_strides: list[int] = spec_field(
+        [8, 16, 32], "Stride used as grid size of positional embedding at each encoder layer."
+    )
+    feat_channels: list[int] = spec_field([256, 256, 256], "Feature channel sizes in decoder.")
+    use_encoder_idx: list[int] = spec_field([2], "Index of multi-scale backbone features to pass to encoder.")
+    hidden_dim: int = spec_field(256, "Dimension of the hidden units.", valid_min=1)
+    nheads: int = spec_field(8, "Number of heads.", valid_min=1)
+    dropout_ratio: float = spec_field(0.0, "Probability to drop hidden units.", valid_min=0.0, valid_max=1.0)
+    enc_layers: int = spec_field(1, "Number of encoder layers in the transformer.", valid_min=1, automl=True)
+    dim_feedforward: int = spec_field(1024, "Dimension of the feedforward network.", valid_min=1)
+    pe_temperature: int = spec_field(
+        10000, "Temperature applied to the positional sine embedding.", valid_min=1, valid_max=INF
+    )
+    expansion: float = spec_field(
+        1.0, "Expansion raito for hidden dimension used in CSPRepLayer.",
+        value_type="int", valid_min=0.0, valid_max=INF,
+        note="Fractional values (0.5 for r18/r34) are accepted, as in the original RT-DETR.",
+    )  # fmt: skip
+    depth_mult: float = spec_field(
+        1, "Number of RegVGGBlock used in CSPRepLayer.", value_type="int", valid_min=1, valid_max=INF
+    )
+    enc_act: str = spec_field("gelu", "Activation used for the encoder.", valid_options=ACTIVATIONS)
+    act: str = spec_field(
+        "silu", "Activation used for top-down FPN and bottom-up PAN.", valid_options=ACTIVATIONS
+    )
+    dec_layers: int = spec_field(6, "Number of decoder layers in the transformer.", valid_min=1, automl=True)
+    dn_number: int = spec_field(100, "Number of denoising queries.", valid_min=0, valid_max=INF)
+    eval_idx: int = spec_field(
+        -1,
+        "Index of decoder layer to use for evaluation. By default, use the last decoder layer.",
+        valid_min=-1, valid_max=INF,
+    )  # fmt: skip
+    vfl_loss_coef: float = spec_field(
+        1.0, "Relative weight of the varifocal error in the matching cost.", valid_min=0.0, valid_max=INF
+    )
+    bbox_loss_coef: float = spec_field(
+        5.0,
+        "Relative weight of the L1 error of the bounding box coordinates in the matching cost.",
+        valid_min=0.0, valid_max=INF,
+    )  # fmt: skip
+    giou_loss_coef: float = spec_field(
+        2.0,
+        "The relative weight of the GIoU loss of the bounding box in the matching cost.",
+        valid_min=0.0, valid_max=INF,
+    )  # fmt: skip
+    alpha: float = spec_field(0.75, "Alpha value in the varifocal loss.")
+    gamma: float = spec_field(2.0, "Gamma value in the varifocal loss.")
+    class_cost: float = spec_field(
+        2.0, "Weight of the classification cost in the Hungarian matcher.", valid_min=0.0
+    )
+    bbox_cost: float = spec_field(5.0, "Weight of the L1 box cost in the Hungarian matcher.", valid_min=0.0)
+    giou_cost: float = spec_field(2.0, "Weight of the GIoU cost in the Hungarian matcher.", valid_min=0.0)
+    clip_max_norm: float = spec_field(
+        0.1,
+        "Accepted for compatibility with TAO specs that carry it in a model section; gradient "
+        "clipping is set by train.clip_grad_norm.",
+        valid_min=0.0,
+    )
+    aux_loss: bool = spec_field(
+        True,
+        "A flag specifying whether to use auxiliary decoding losses (loss at each decoder layer).",
+        note="false really turns the auxiliary losses off (TAO keeps them).",
+    )
+    loss_types: list[str] = spec_field(
+        ["vfl", "boxes"], "Losses to be used during training.", valid_options=("vfl", "boxes")
+    )
+    backbone_names: list[str] = spec_field(
+        ["backbone.0"], "Prefix of the tensor names corresponding to the backbone."
+    )
+    linear_proj_names: list[str] = spec_field(
+        ["reference_points", "sampling_offsets"], "Linear projection layer names."
+    )
+    distillation_loss_coef: float = spec_field(
+        1.0, "Coefficient for the distillation loss during distillation.", valid_min=0.0
+    )
+    frozen_fm: FrozenFMConfig = spec_field(
+        FrozenFMConfig, "Configurable parameters used to construct the frozen foundation model."
+    )
+
+
+# -------------------------------------------------------------------------------------- dataset
+@dataclass
+class DataSource:
+    """A folder of images and its COCO JSON annotation file."""
+
+    image_dir: str = spec_field("", "Directory that contains the images.")
+    json_file: str = spec_field("", "Path of the JSON file, in COCO format.")
+
+
+@dataclass
+class InferDataSource:
+    """The images to run inference on, and the class names."""
+
+    image_dir: list[str] = spec_field(
+        [""], "List of directories that contains the inference images (files and globs too)."
+    )
+    classmap: str = spec_field("", "Path of the .txt file that contains class names, one per line.")
+
+
+@dataclass
+class AugmentationConfig:
+    """Configuration parameters for data augmentation."""
+
+    multi_scales: list[int] = spec_field(
+        [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800],
+        "A list of sizes to perform random resize.",
+    )
+    train_spatial_size: list[int] = spec_field(
+        [640, 640], "Input resolution to run evaluation during training. This is in the [h, w] order."
+    )
+    eval_spatial_size: list[int] = spec_field(
+        [640, 640],
+        "Input resolution to run evaluation during validation and testing. This is in the [h, w] order.",
+    )
+    distortion_prob: float = spec_field(
+        0.8, "The probability for RandomPhotometricDistort", valid_min=0.0, valid_max=1.0, automl=True
+    )
+    iou_crop_prob: float = spec_field(
+        0.8, "The probability for RandomIoUCrop", valid_min=0.0, valid_max=1.0, automl=True
+    )
+    preserve_aspect_ratio: bool = spec_field(False, "Flag to enable resize with preserving the aspect ratio.")
+
+
+@dataclass
+class DatasetConfig:
+    """Configurable parameters to construct the dataset for a RT-DETR experiment."""
+
+    train_data_sources: list[DataSource] = spec_field(
+        [DataSource()], "The list of data sources for training.", value_type="list"
+    )
+    val_data_sources: DataSource = spec_field(DataSource, "The data source for validation.")
+    test_data_sources: DataSource = spec_field(DataSource, "The data source for testing.")
+    infer_data_sources: InferDataSource = spec_field(InferDataSource, "The data source for inference.")
+    batch_size: int = spec_field(
+        4, "Batch size for training and validation.", valid_min=1, valid_max=INF, automl=True
+    )
+    workers: int = spec_field(
+        8, "Number of parallel workers processing data.", valid_min=0, valid_max=INF, automl=True,
+        note="valid_min is 0 here (TAO: 1): 0 loads data in the main process.",
+    )  # fmt: skip
+    remap_mscoco_category: bool = spec_field(
+        False,
+        "Enables mapping of MSCOCO 91 classes to 80. Only required if you are directly training "
+        "using the original COCO annotation files. For a custom dataset, set this value to False.",
+    )
+    pin_memory: bool = spec_field(
+        True,
+        "Enables the dataloader to allocate pagelocked memory for faster data transfer between the "
+        "CPU and GPU.",
+    )
+    dataset_type: str = spec_field(
+        "serialized",
+        "default loads the COCO annotations in every loader worker; serialized packs them once and "
+        "shares them across workers, which keeps RAM low when workers is high.",
+        valid_options=("serialized", "default"),
+    )
+    num_classes: int = spec_field(
+        80, "The number of classes in the training data", valid_min=1, valid_max=INF
+    )
+    eval_class_ids: list[int] | None = spec_field(
+        None,
+        "IDs of the classes for evaluation; null evaluates every class.",
+        note="The table's default is [1], which TAO applies only in its TensorRT path; here the "
+        "default null evaluates all classes, as TAO's PyTorch path does.",
+    )
+    augmentation: AugmentationConfig = spec_field(
+        AugmentationConfig, "Configuration parameters for data augmentation"
+    )
+
+
+# ---------------------------------------------------------------------------------------- train
+@dataclass
+class CudnnConfig:
+    """cuDNN flags."""
+
+    benchmark: bool = spec_field(False, "Let cuDNN pick the fastest kernels (non-deterministic).")
+    deterministic: bool = spec_field(True, "Ask cuDNN for deterministic kernels.")
+
+
+@dataclass
+class EMAConfig:
+    """Hyper parameters to configure the Exponential Moving Average."""
+
+    decay: float = spec_field(
+        0.999, "EMA decay d: after each optimizer step ema = d * ema + (1 - d) * w.",
+        valid_min=0.0, valid_max=1.0, automl=True,
+    )  # fmt: skip
+    every_n_steps: int = spec_field(1, "Update the EMA every n optimizer steps.", valid_min=1)
+    validate_original_weights: bool = spec_field(
+        False, "Validate with the raw weights instead of the EMA weights."
+    )
+    cpu_offload: bool = spec_field(False, "Keep the EMA weights in CPU memory.")
+
+
+@dataclass
+class OptimConfig:
+    """Hyper parameters to configure the optimizer."""
+
+    optimizer: str = spec_field(
+        "AdamW", "Type of optimizer used to train the network.", valid_options=("AdamW", "SGD"),
+        note="SGD (rejected by TAO) works, with momentum.",
+    )  # fmt: skip
+    monitor_name: str = spec_field(
+        "val_loss", "The metric value to be monitored for the AutoReduce Scheduler",
+        valid_options=("val_loss", "train_loss"),
+    )  # fmt: skip
+    lr: float = spec_field(
+        0.0001, "The initial learning rate for training the model, excluding the backbone",
+        valid_min=0.0, automl=True,
+    )  # fmt: skip
+    lr_backbone: float = spec_field(
+        1e-05, "The initial learning rate for training the backbone", valid_min=0.0, automl=True,
+        note="Applied to the backbone (TAO's parameter group matches nothing).",
+    )  # fmt: skip
+    lr_linear_proj_mult: float = spec_field(
+        0.1,
+        "Multiplier of the learning rate of the parameters whose names match model.linear_proj_names.",
+        valid_min=0.0,
+        note="Documented in TAO's example spec but absent from its schema; honoured here.",
+    )
+    momentum: float = spec_field(
+        0.9, "The momentum for the AdamW optimizer", valid_min=0.0, valid_max=1.0, automl=True
+    )
+    weight_decay: float = spec_field(0.0001, "The weight decay coefficient", valid_min=0.0, automl=True)
+    lr_scheduler: str = spec_field(
+        "MultiStep",
+        "The learning scheduler: MultiStep decreases the lr by lr_decay at lr_steps; StepLR decreases "
+        "the lr by lr_decay at every lr_step_size.",
+        valid_options=("MultiStep", "StepLR"),
+    )
+    lr_steps: list[int] = spec_field(
+        [1000],
+        "The steps at which the learning rate must be decreased. This is applicable only with the "
+        "MultiStep LR.",
+    )
+    lr_step_size: int = spec_field(
+        1000, "The number of steps to decrease the learning rate in the StepLR", valid_min=1, automl=True
+    )
+    lr_decay: float = spec_field(
+        0.1, "The decreasing factor for the learning rate scheduler", valid_min=0.0, automl=True
+    )
+    warmup_steps: int = spec_field(
+        0, "The number of steps to perform linear learning rate warm-up", valid_min=0, valid_max=INF,
+        note="Honoured (TAO ignores it): a linear warm-up over optimizer steps.",
+    )  # fmt: skip
+
+
+@dataclass
+class TrainConfig:
+    """Configurable parameters to construct the trainer for a RT-DETR experiment."""
+
+    num_gpus: int = spec_field(1, "Number of GPUs to run the training job.", valid_min=1)
+    gpu_ids: list[int] = spec_field(
+        [0],
+        "List of GPU IDs to run the training on. The length of this list must equal the number of "
+        "GPUs in train.num_gpus.",
+    )
+    num_nodes: int = spec_field(
+        1, "Number of nodes to run the training on. If >1, multi-node is enabled.", valid_min=1
+    )
+    seed: int = spec_field(
+        1234, "Seed for the initializer in PyTorch. If <0, disable fixed seed.", valid_min=-1, valid_max=INF
+    )
+    cudnn: CudnnConfig = spec_field(CudnnConfig, "cuDNN flags.")
+    num_epochs: int = spec_field(
+        10, "Number of epochs to run the training.", valid_min=1, valid_max=INF, automl=True
+    )
+    checkpoint_interval: int = spec_field(
+        1, "Interval (in epochs) at which a checkpoint is to be saved. Helps resume training.", valid_min=1
+    )
+    validation_interval: int = spec_field(
+        1, "Interval (in epochs) at which a evaluation is to be triggered on the validation dataset.",
+        valid_min=1,
+    )  # fmt: skip
+    resume_training_checkpoint_path: str | None = spec_field(
+        None, "Path to the checkpoint at which to resume training."
+    )
+    results_dir: str | None = spec_field(
+        None, "Path to the location where all the assets generated from a task are stored."
+    )
+    freeze: list[str] = spec_field(
+        [], 'List of layer names to freeze. Example: ["backbone", "encoder", "decoder"].'
+    )
+    pretrained_model_path: str | None = spec_field(
+        None, "Path to a pretrained RT-DETR model to initialize the current training from."
+    )
+    clip_grad_norm: float = spec_field(
+        0.1, "Amount to clip the gradient by L2 Norm. A value of 0.0 specifies no clipping.", valid_min=0.0
+    )
+    is_dry_run: bool = spec_field(
+        False,
+        "Whether to run the trainer in Dry Run mode: one training and one validation batch, then stop.",
+    )
+    enable_ema: bool = spec_field(False, "Whether to enable Exponential Moving Average during training.")
+    ema: EMAConfig = spec_field(EMAConfig, "Hyper parameters to configure the Exponential Moving Average.")
+    optim: OptimConfig = spec_field(OptimConfig, "Hyper parameters to configure the optimizer.")
+    precision: str = spec_field(
+        "fp32", "Precision to run the training on.", valid_options=("bf16", "fp32", "fp16")
+    )
+    distributed_strategy: str = spec_field(
+        "ddp",
+        "The multi-GPU training strategy. DDP (Distributed Data Parallel) and Fully Sharded DDP are "
+        "supported.",
+        valid_options=("ddp", "fsdp"),
+    )
+    activation_checkpoint: bool = spec_field(
+        True,
+        "Whether training is to recompute in backward pass to save GPU memory, rather than storing "
+        "activations.",
+    )
+    verbose: bool = spec_field(
+        False, "Whether to enable printing of detailed learning rate scaling from the optimizer."
+    )
+
+
+# ------------------------------------------------------------------------- evaluate / inference
+@dataclass
+class EvaluateConfig:
+    """Configurable parameters to construct the evaluator for a RT-DETR experiment."""
+
+    checkpoint: str = spec_field(MISSING_VALUE, "Path to the checkpoint to evaluate.")
+    results_dir: str | None = spec_field(None, "Path to the location where the results are stored.")
+    input_width: int | None = spec_field(
+        None, "Width of the input image tensor; null uses dataset.augmentation.eval_spatial_size.",
+        valid_min=1,
+    )  # fmt: skip
+    input_height: int | None = spec_field(
+        None, "Height of the input image tensor; null uses dataset.augmentation.eval_spatial_size.",
+        valid_min=1,
+    )  # fmt: skip
+    trt_engine: str | None = spec_field(
+        None,
+        "Path to an exported model (.onnx, run with ONNX Runtime, or a TensorRT .engine) to evaluate "
+        "in place of the checkpoint.",
+    )
+    conf_threshold: float = spec_field(
+        0.0,
+        "The value of the confidence threshold to be used when filtering out the final list of boxes.",
+        valid_min=0.0, valid_max=1.0,
+    )  # fmt: skip
+
+
+@dataclass
+class InferenceConfig:
+    """Configurable parameters to construct the inferencer for a RT-DETR experiment."""
+
+    checkpoint: str = spec_field(MISSING_VALUE, "Path to the checkpoint to run.")
+    results_dir: str | None = spec_field(None, "Path to the location where the results are stored.")
+    trt_engine: str | None = spec_field(
+        None,
+        "Path to an exported model (.onnx, run with ONNX Runtime, or a TensorRT .engine) to run in "
+        "place of the checkpoint.",
+    )
+    color_map: dict[str, str] = spec_field(
+        {}, "Class-wise dictionary with colors (names or hex) to render boxes.", value_type="collection"
+    )
+    conf_threshold: float = spec_field(
+        0.5,
+        "The value of the confidence threshold to be used when filtering out the final list of boxes.",
+        valid_min=0.0, valid_max=1.0,
+    )  # fmt: skip
+    is_internal: bool = spec_field(False, "Flag to render with internal directory structure.")
+    input_width: int = spec_field(
+        960, "Width of the input image tensor.", valid_min=32,
+        note="Honoured (TAO ignores it).",
+    )  # fmt: skip
+    input_height: int = spec_field(
+        544, "Height of the input image tensor.", valid_min=32, note="Honoured (TAO ignores it)."
+    )
+    outline_width: int = spec_field(
+        3, "Width in pixels of the bounding box outline.", valid_min=1, note="Honoured (TAO ignores it)."
+    )
+
+
+# ------------------------------------------------------------------------ export / TensorRT
+@dataclass
+class ExportConfig:
+    """Configurable parameters to construct the exporter for a RT-DETR experiment."""
+
+    checkpoint: str = spec_field(MISSING_VALUE, "Path to the checkpoint file to run export.")
+    onnx_file: str = spec_field(MISSING_VALUE, "Path to the onnx model file.")
+    results_dir: str | None = spec_field(None, "Path to the location where the logs and status are stored.")
+    on_cpu: bool = spec_field(False, "Flag to export CPU compatible model.")
+    input_channel: int = spec_field(3, "Number of channels in the input Tensor.", valid_min=3, valid_max=3)
+    input_width: int = spec_field(960, "Width of the input image tensor.", valid_min=32)
+    input_height: int = spec_field(544, "Height of the input image tensor.", valid_min=32)
+    opset_version: int = spec_field(
+        17, "Operator set version of the ONNX model used to generate the TensorRT engine.", valid_min=1
+    )
+    batch_size: int = spec_field(
+        -1,
+        "The batch size of the input Tensor for the engine. A value of -1 implies dynamic tensor shapes.",
+        valid_min=-1,
+    )
+    verbose: bool = spec_field(False, "Flag to enable verbose TensorRT logging.")
+
+
+@dataclass
+class TensorRTConfig:
+    """TensorRT builder settings."""
+
+    data_type: str = spec_field("FP32", "Precision of the engine.", valid_options=("FP32", "FP16", "INT8"))
+    workspace_size: int = spec_field(1024, "Builder workspace size in MB.", valid_min=1)
+    min_batch_size: int = spec_field(1, "Minimum batch size of the optimization profile.", valid_min=1)
+    opt_batch_size: int = spec_field(1, "Optimal batch size of the optimization profile.", valid_min=1)
+    max_batch_size: int = spec_field(4, "Maximum batch size of the optimization profile.", valid_min=1)
+    layers_precision: list[str] = spec_field(
+        [], "Per-layer precision overrides, as 'layer_name:precision' (e.g. '/decoder/Add:fp32')."
+    )
+
+
+@dataclass
+class CalibrationConfig:
+    """INT8 calibration settings."""
+
+    cal_image_dir: list[str] = spec_field([], "Directories of calibration images.")
+    cal_cache_file: str | None = spec_field(None, "Calibration cache file, written and reused.")
+    cal_batch_size: int = spec_field(1, "Batch size of calibration.", valid_min=1)
+    cal_batches: int = spec_field(1, "Number of calibration batches.", valid_min=1)
+
+
+@dataclass
+class GenTrtEngineConfig:
+    """Configurable parameters to construct the TensorRT engine builder for a RT-DETR experiment."""
+
+    onnx_file: str = spec_field(MISSING_VALUE, "Path to the ONNX model to build the engine from.")
+    trt_engine: str = spec_field(MISSING_VALUE, "Path of the TensorRT engine to write.")
+    results_dir: str | None = spec_field(None, "Path to the location where the logs and status are stored.")
+    timing_cache: str | None = spec_field(None, "TensorRT timing cache file, written and reused.")
+    input_channel: int = spec_field(3, "Number of channels in the input Tensor.", valid_min=3, valid_max=3)
+    input_width: int = spec_field(960, "Width of the input image tensor.", valid_min=32)
+    input_height: int = spec_field(544, "Height of the input image tensor.", valid_min=32)
+    opset_version: int = spec_field(17, "Operator set version of the ONNX model.", valid_min=1)
+    batch_size: int = spec_field(
+        -1, "Batch size of the engine; -1 uses the optimization profile.", valid_min=-1
+    )
+    verbose: bool = spec_field(False, "Flag to enable verbose TensorRT logging.")
+    tensorrt: TensorRTConfig = spec_field(TensorRTConfig, "TensorRT builder settings.")
+    calibration: CalibrationConfig = spec_field(CalibrationConfig, "INT8 calibration settings.")
+
+
+# -------------------------------------------------------------------------------------- distill
+@dataclass
+class DistillBinding:
+    """One teacher/student module pair compared by a criterion."""
+
+    teacher_module_name: str = spec_field("", "The name of the teacher module.")
+    student_module_name: str = spec_field("", "The name of the student module.")
+    criterion: str = spec_field(
+        "IOU", "The criterion to use for calculating binding loss.", valid_options=("L1", "L2", "KL", "IOU")
+    )
+    weight: float = spec_field(1.0, "The weight of the binding loss.", valid_min=0.0)
+
+
+@dataclass
+class DistillConfig:
+    """Configurable parameters to construct the distiller for a RT-DETR experiment."""
+
+    teacher: ModelConfig = spec_field(
+        ModelConfig, "Configurable parameters to construct the teacher model. (Same as the model config)"
+    )
+    pretrained_teacher_model_path: str | None = spec_field(None, "Path to the pre-trained teacher model.")
+    bindings: list[DistillBinding] = spec_field(
+        [],
+        "The list of bindings between teacher and student to use for calculating distill loss.",
+        value_type="list dict",
+    )
+
+
+# ------------------------------------------------------------------------------------ top level
+@dataclass
+class ExperimentConfig:
+    """A RT-DETR experiment spec."""
+
+    encryption_key: str | None = spec_field(
+        None, "Key of encrypted models (unused: models are not encrypted)."
+    )
+    results_dir: str = spec_field("/results", "Folder under which each task writes <results_dir>/<task>.")
+    wandb: WandbConfig = spec_field(WandbConfig, "Weights & Biases logging.")
+    model: ModelConfig = spec_field(
+        ModelConfig, "Configurable parameters to construct the model for a RT-DETR experiment."
+    )
+    dataset: DatasetConfig = spec_field(
+        DatasetConfig, "Configurable parameters to construct the dataset for a RT-DETR experiment."
+    )
+    train: TrainConfig = spec_field(
+        TrainConfig, "Configurable parameters to construct the trainer for a RT-DETR experiment."
+    )
+    evaluate: EvaluateConfig = spec_field(
+        EvaluateConfig, "Configurable parameters to construct the evaluator for a RT-DETR experiment."
+    )
+    inference: InferenceConfig = spec_field(
+        InferenceConfig, "Configurable parameters to construct the inferencer for a RT-DETR experiment."
+    )
+    export: ExportConfig = spec_field(
+        ExportConfig, "Configurable parameters to construct the exporter for a RT-DETR experiment."
+    )
+    gen_trt_engine: GenTrtEngineConfig = spec_field(
+        GenTrtEngineConfig,
+        "Configurable parameters to construct the TensorRT engine builder for a RT-DETR experiment.",
+    )
+    distill: DistillConfig = spec_field(
+        DistillConfig, "Configurable parameters to construct the distiller for a RT-DETR experiment."
+    )

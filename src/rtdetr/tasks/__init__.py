@@ -1,0 +1,25 @@
+"""The tasks of the `rtdetr` command: thin wiring around the library.
+
+Each implemented task is a module here with ``run(cfg, results_dir, status)``; the table below
+maps task names to those modules so that the CLI imports only what it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from rtdetr.config.rules import TASKS
+from rtdetr.errors import NotImplementedTask
+
+TASK_MODULES: dict[str, str] = {}
+
+
+def get_runner(task: str) -> Callable:
+    """The ``run`` function of a task; NotImplementedTask for a task not built yet."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}")
+    module = TASK_MODULES.get(task)
+    if module is None:
+        raise NotImplementedTask(f"the {task} task is not implemented yet in this version of rtdetr")
+    return importlib.import_module(module).run
