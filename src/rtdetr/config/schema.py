@@ -124,6 +124,40 @@ class ModelConfig:
         "Index of decoder layer to use for evaluation. By default, use the last decoder layer.",
         valid_min=-1, valid_max=INF,
     )  # fmt: skip
+    encoder_hidden_dim: int | None = spec_field(
+        None,
+        "Width of the hybrid encoder; null uses hidden_dim (RT-DETR r101 uses 384 with a 256 decoder).",
+        valid_min=1,
+        note="Not in TAO: lets the r101 variant and converted checkpoints be described.",
+    )
+    dec_dim_feedforward: int = spec_field(
+        1024, "Dimension of the decoder's feedforward network.", valid_min=1, note="Not in TAO."
+    )
+    dec_act: str = spec_field(
+        "relu", "Activation of the decoder's feedforward network.", valid_options=ACTIVATIONS, note="Not in TAO."
+    )
+    num_points: int = spec_field(
+        4, "Sampling points per head and level in deformable attention.", valid_min=1, note="Not in TAO."
+    )
+    label_noise_ratio: float = spec_field(
+        0.5, "Label noise of the denoising queries.", valid_min=0.0, valid_max=1.0, note="Not in TAO."
+    )
+    box_noise_scale: float = spec_field(
+        1.0, "Box noise scale of the denoising queries.", valid_min=0.0, note="Not in TAO."
+    )
+    freeze_norm: bool | None = spec_field(
+        None,
+        "Freeze the backbone's BatchNorm statistics and affine parameters; null uses the backbone's "
+        "own default (frozen for resnet_50vd/101vd, as in the original RT-DETR).",
+        note="Not in TAO.",
+    )
+    pe_order: str = spec_field(
+        "w_major",
+        "Token order of the encoder's 2-D position embedding: w_major as the original RT-DETR and TAO, "
+        "h_major as transformers 5 (the two differ only on non-square feature maps).",
+        valid_options=("w_major", "h_major"),
+        note="Not in TAO: needed to reproduce checkpoints converted from transformers.",
+    )
     vfl_loss_coef: float = spec_field(
         1.0, "Relative weight of the varifocal error in the matching cost.", valid_min=0.0, valid_max=INF
     )

@@ -88,13 +88,13 @@ class SpecBuilder:
         self.bad_paths.add(path)
 
     def _suggest(self, key: str, siblings: list[str], prefix: str) -> str:
-        close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
-        if close:
-            return f"{prefix}{close[0]}"
         # The key may belong to another section (e.g. num_epochs under model).
         elsewhere = [p for p in self._all_paths if p.rsplit(".", 1)[-1] == key]
         if elsewhere:
             return elsewhere[0]
+        close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
+        if close:
+            return f"{prefix}{close[0]}"
         close = difflib.get_close_matches(key, [p.rsplit(".", 1)[-1] for p in self._all_paths], n=1)
         if close:
             return next(p for p in self._all_paths if p.rsplit(".", 1)[-1] == close[0])

@@ -1,0 +1,136 @@
+"""Backbone factory: `build_backbone(name, return_idx)` and loading of pretrained backbone weights.
+
+Every backbone maps images [B, 3, H, W] to a list of feature maps, one per entry of `return_idx`
+(indices into the four ResNet stages, 0..3 -> strides 4, 8, 16, 32), and exposes `out_channels`
+and `out_strides` for those levels.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rtdetr.model.backbones.presnet import PResNet
+from rtdetr.model.backbones.resnet import ResNet
+
+logger = logging.getLogger(__name__)
+
+# name -> (builder(return_idx, freeze_at, freeze_norm), default freeze_at, default freeze_norm).
+# vd defaults follow the original RT-DETR (r50vd/r101vd: freeze_at 0, FrozenBN); plain ResNets follow
+# TAO (FrozenBN, stem and layer1 frozen, layer2-4 trained).
+_BACKBONES: dict[str, tuple[Callable[..., nn.Module], int, bool]] = {
+    "resnet_18": (partial(ResNet, 18), 1, True),
+    "resnet_34": (partial(ResNet, 34), 1, True),
+    "resnet_50": (partial(ResNet, 50), 1, True),
+    "resnet_101": (partial(ResNet, 101), 1, True),
+    "resnet_18vd": (partial(PResNet, 18), -1, False),
+    "resnet_34vd": (partial(PResNet, 34), -1, False),
+    "resnet_50vd": (partial(PResNet, 50), 0, True),
+    "resnet_101vd": (partial(PResNet, 101), 0, True),
+}
+
+_STRIP_PREFIXES = ("module.", "model.", "backbone.", "body.", "0.")
+
+
+def available_backbones() -> list[str]:
+    return list(_BACKBONES)
+
+
+def build_backbone(
+    name: str,
+    return_idx: Sequence[int] = (1, 2, 3),
+    pretrained_path: str | Path | None = None,
+    freeze_norm: bool | None = None,
+    freeze_at: int | None = None,
+) -> nn.Module:
+    """Build a backbone by name; None for `freeze_norm`/`freeze_at` means the variant's default.
+
+    `freeze_at` >= 0 freezes the stem and the first `freeze_at` stages (-1: nothing frozen).
+    With `pretrained_path`, weights are loaded by name (see `load_pretrained_backbone`).
+    """
+    if name not in _BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(_BACKBONES)}")
+    return_idx = list(return_idx)
+    if not return_idx or sorted(set(return_idx)) != return_idx or not all(0 <= i <= 3 for i in return_idx):
+        raise ValueError(f"return_idx must be increasing stage indices in 0..3, got {return_idx}")
+    builder, default_freeze_at, default_freeze_norm = _BACKBONES[name]
+    backbone = builder(
+        return_idx=return_idx,
+        freeze_at=default_freeze_at if freeze_at is None else freeze_at,
+        freeze_norm=default_freeze_norm if freeze_norm is None else freeze_norm,
+    )
+    if pretrained_path is not None:
+        load_pretrained_backbone(backbone, pretrained_path)
+    return backbone
+
+
+@dataclass
+class LoadReport:
+    """What happened to each tensor when loading pretrained weights (names are the module's own)."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # in the module, not in the file
+    unexpected: list[str] = field(default_factory=list)  # in the file (original names), not used
+    mismatched: list[str] = field(default_factory=list)  # name matched, shape did not
+
+    def summary(self) -> str:
+        return (
+            f"loaded {len(self.loaded)} tensors; missing {len(self.missing)}: {self.missing}; "
+            f"unexpected {len(self.unexpected)}: {self.unexpected}; "
+            f"shape mismatch {len(self.mismatched)}: {self.mismatched}"
+        )
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .pth/.pt/.ckpt or .safetensors file, unwrapped from "state_dict"/"model"/"module"."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    while isinstance(obj, Mapping):
+        inner = next(
+            (obj[k] for k in ("state_dict", "model", "module") if isinstance(obj.get(k), Mapping)), None
+        )
+        if inner is None:
+            break
+        obj = inner
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def load_pretrained_backbone(
+    backbone: nn.Module, source: str | Path | Mapping[str, torch.Tensor]
+) -> LoadReport:
+    """Copy tensors from a checkpoint path or state dict into `backbone` by name.
+
+    Prefixes such as "module.", "model.", "backbone." are stripped when that makes a name match.
+    Tensors that do not fit are skipped and reported (returned and logged as a warning).
+    """
+    state = read_state_dict(source) if isinstance(source, (str, Path)) else dict(source)
+    own = backbone.state_dict()
+    report = LoadReport()
+    matched: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        name = key
+        while name not in own and name.startswith(_STRIP_PREFIXES):
+            name = name[next(len(p) for p in _STRIP_PREFIXES if name.startswith(p)) :]
+        if name not in own:
+            if not name.endswith("num_batches_tracked"):  # absent from frozen norms; meaningless
+                report.unexpected.append(key)
+        elif own[name].shape != value.shape:
+            report.mismatched.append(name)
+        else:
+            matched[name] = value
+    report.loaded = sorted(matched)
+    report.missing = [k for k in own if k not in matched and not k.endswith("num_batches_tracked")]
+    backbone.load_state_dict(matched, strict=False)
+    log = logger.warning if report.missing or report.unexpected or report.mismatched else logger.info
+    log("pretrained backbone: %s", report.summary())
+    return report

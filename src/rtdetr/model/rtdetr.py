@@ -1,0 +1,34 @@
+"""RTDETR = backbone -> hybrid encoder -> decoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RTDETR(nn.Module):
+    """Real-time DETR.
+
+    forward(images [B, 3, H, W] RGB in [0, 1] (no mean/std normalisation), targets=None) -> dict:
+    `pred_logits` [B, Q, C] raw class logits and `pred_boxes` [B, Q, 4] normalised cxcywh; in
+    training also `aux_outputs`, `enc_outputs`, `dn_outputs` and `dn_meta` as documented in
+    `RTDETRDecoder.forward`. `targets` (training only, for denoising): per image "labels" [N] int64
+    and "boxes" [N, 4] normalised cxcywh. H and W should be multiples of 32 (any size runs).
+    """
+
+    def __init__(self, backbone: nn.Module, encoder: nn.Module, decoder: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def forward(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None) -> dict:
+        return self.decoder(self.encoder(self.backbone(images)), targets)
+
+    def deploy(self) -> RTDETR:
+        """Switch to eval mode and fuse re-parameterisable blocks (RepVGG) for inference; irreversible."""
+        self.eval()
+        for module in self.modules():
+            if hasattr(module, "convert_to_deploy"):
+                module.convert_to_deploy()
+        return self
