@@ -85,6 +85,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--action", choices=TASKS, help="also check the values this task requires")
     p.add_argument("--format", choices=("yaml", "json"), default="yaml", help="format of the resolved spec")
     _common_flags(p, suppress=True)
+
+    p = sub.add_parser(
+        "convert", help="convert published RT-DETR weights (Hugging Face or original code) to a checkpoint",
+        description="Convert a Hugging Face RT-DETR folder (config.json + model.safetensors) or a "
+        "checkpoint of the original RT-DETR code into an rtdetr checkpoint with its metadata.",
+    )  # fmt: skip
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--hf", metavar="FOLDER", help="a Hugging Face RT-DETR folder")
+    source.add_argument("--original", metavar="FILE", help="a checkpoint of the original RT-DETR code")
+    arch = p.add_mutually_exclusive_group()
+    arch.add_argument("--preset", help="with --original: the variant (r18vd, r34vd, r50vd_m, r50vd, r101vd)")
+    arch.add_argument(
+        "-e", "--experiment_spec_file", dest="spec", help="with --original: a spec whose model section fits"
+    )
+    p.add_argument("--class-names", metavar="FILE", help="with --original: class names, one per line")
+    p.add_argument("-o", "--output", required=True, help="the checkpoint to write (.pth)")
+    _common_flags(p, suppress=True)
+
+    p = sub.add_parser(
+        "info", help="print a model's parameters and GFLOPs",
+        description="Parameters and GFLOPs (at the eval size) of the model a spec describes, or of a checkpoint.",
+    )  # fmt: skip
+    p.add_argument("-e", "--experiment_spec_file", dest="spec", metavar="SPEC", help="experiment spec file")
+    p.add_argument("--checkpoint", help="a checkpoint instead of a spec")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the spec")
+    p.add_argument(
+        "--size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: eval_spatial_size)"
+    )
+    _common_flags(p, suppress=True)
     return parser
 
 
@@ -122,6 +151,63 @@ def cmd_validate(args: argparse.Namespace) -> int:
     cfg = load_spec(args.spec, args.overrides, action=args.action)
     sys.stdout.write(_dump(spec_to_dict(cfg), args.format))
     log.info("%s is valid%s", args.spec, f" for {args.action}" if args.action else "")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from rtdetr import convert
+
+    if args.hf:
+        if args.preset or args.spec or args.class_names:
+            raise UserError(
+                "--preset, -e and --class-names go with --original; a Hugging Face folder describes itself"
+            )
+        out = convert.convert_hf(args.hf, args.output)
+    else:
+        if args.preset:
+            section = convert.preset_model_section(args.preset)
+        elif args.spec:
+            from rtdetr.config import load_spec, spec_to_dict
+
+            section = spec_to_dict(load_spec(args.spec).model)
+        else:
+            raise UserError("--original needs --preset NAME or -e SPEC to describe the model")
+        names = None
+        if args.class_names:
+            from rtdetr.data.classmap import read_classmap
+
+            names = read_classmap(args.class_names)
+        out = convert.convert_original(args.original, args.output, section, class_names=names)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from rtdetr.checkpoint import ModelMetadata, build_from_metadata, read_checkpoint
+    from rtdetr.profiling import count_flops, count_parameters
+
+    if bool(args.spec) == bool(args.checkpoint):
+        raise UserError("give either -e SPEC or --checkpoint PATH")
+    if args.checkpoint:
+        meta = ModelMetadata.from_dict(read_checkpoint(args.checkpoint)["rtdetr"])
+    else:
+        from rtdetr.config import load_spec, spec_to_dict
+
+        cfg = load_spec(args.spec, args.overrides)
+        meta = ModelMetadata(
+            model=spec_to_dict(cfg.model),
+            num_classes=cfg.dataset.num_classes,
+            input_size=list(cfg.dataset.augmentation.eval_spatial_size),
+        )
+    height, width = args.size or meta.input_size
+    model = build_from_metadata(meta).eval()
+    params = count_parameters(model)
+    flops = count_flops(model, height, width)
+    print(
+        f"model: {meta.model['backbone']}, {meta.model['dec_layers']} decoder layers, {meta.num_classes} classes"
+    )
+    print(f"parameters: {params / 1e6:.2f} M")
+    print(f"GFLOPs at {height}x{width}: {flops / 1e9:.1f}")
     return 0
 
 
@@ -168,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rtdetr.log import setup_logging
 
     setup_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
-    handler = {"get-spec": cmd_get_spec, "validate": cmd_validate}.get(args.command, cmd_task)
+    handlers = {"get-spec": cmd_get_spec, "validate": cmd_validate, "convert": cmd_convert, "info": cmd_info}
+    handler = handlers.get(args.command, cmd_task)
     try:
         return handler(args)
     except UserError as exc:

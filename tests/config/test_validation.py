@@ -25,6 +25,8 @@ FIELD_CASES = {
     "checkpoint interval": ({"train": {"num_epochs": 3, "checkpoint_interval": 5}}, [], "train.checkpoint_interval: value 5 exceeds train.num_epochs (3)"),
     "validation interval": ({"train": {"num_epochs": 3, "validation_interval": 4}}, [], "train.validation_interval: value 4 exceeds train.num_epochs (3)"),
     "num_select": ({"model": {"num_queries": 10, "num_select": 31}, "dataset": {"num_classes": 3}}, [], "model.num_select: value 31 exceeds num_queries x num_classes (10 x 3)"),
+    "feat_channels width": ({"model": {"hidden_dim": 128, "nheads": 8}}, [], "model.feat_channels: [256, 256, 256]: each level must have the encoder width 128"),
+    "feat_strides vs indices": ({"model": {"feat_strides": [4, 8, 16]}}, [], "model.feat_strides: [4, 8, 16] do not match return_interm_indices [1, 2, 3] (backbone strides [8, 16, 32])"),
     "use_encoder_idx": ({"model": {"use_encoder_idx": [3]}}, [], "model.use_encoder_idx: [3] outside the feature levels 0..2"),
     "eval_idx": ({"model": {"dec_layers": 3, "eval_idx": 3}}, [], "model.eval_idx: value 3 must be below dec_layers (3)"),
     "teacher rules": ({"distill": {"teacher": {"feat_strides": [8, 16]}}}, [], "distill.teacher.num_feature_levels:"),

@@ -133,6 +133,23 @@ def _model_rules(model: ModelConfig, p: str, ok: Callable[..., bool]) -> Iterato
                 f"{p}.return_interm_indices",
                 f"{model.return_interm_indices} must be increasing backbone stage indices in 0..3",
             )
+    width = model.encoder_hidden_dim or model.hidden_dim
+    if ok(f"{p}.feat_channels", f"{p}.hidden_dim", f"{p}.encoder_hidden_dim") and any(
+        c != width for c in model.feat_channels
+    ):
+        yield Problem(
+            f"{p}.feat_channels",
+            f"{model.feat_channels}: each level must have the encoder width {width} "
+            "(encoder_hidden_dim, or hidden_dim when that is null)",
+        )
+    if ok(f"{p}.feat_strides", f"{p}.return_interm_indices"):
+        expected = [4 * 2**i for i in model.return_interm_indices]
+        if len(model.feat_strides) == len(expected) and list(model.feat_strides) != expected:
+            yield Problem(
+                f"{p}.feat_strides",
+                f"{model.feat_strides} do not match return_interm_indices {model.return_interm_indices} "
+                f"(backbone strides {expected})",
+            )
     if ok(f"{p}.use_encoder_idx", f"{p}.num_feature_levels"):
         bad = [i for i in model.use_encoder_idx if not 0 <= i < model.num_feature_levels]
         if bad:

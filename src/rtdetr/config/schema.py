@@ -134,7 +134,10 @@ class ModelConfig:
         1024, "Dimension of the decoder's feedforward network.", valid_min=1, note="Not in TAO."
     )
     dec_act: str = spec_field(
-        "relu", "Activation of the decoder's feedforward network.", valid_options=ACTIVATIONS, note="Not in TAO."
+        "relu",
+        "Activation of the decoder's feedforward network.",
+        valid_options=ACTIVATIONS,
+        note="Not in TAO.",
     )
     num_points: int = spec_field(
         4, "Sampling points per head and level in deformable attention.", valid_min=1, note="Not in TAO."

@@ -127,16 +127,31 @@ _FORWARD = [(_pattern(hf), ours) for hf, ours in _HF_RULES]
 _BACKWARD = [(_pattern(ours), hf) for hf, ours in _HF_RULES[:-2]]
 
 
-def hf_state_dict_to_ours(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers `RTDetrForObjectDetection.state_dict()` (ResNet-vd backbone) -> our RTDETR's.
+# The names of files saved by transformers (the hub's layout, older releases) -> its in-memory names.
+_FILE_ALIASES = [
+    (re.compile(r"^model\.encoder\.encoder\.(\d+)\.layers\."), r"model.encoder.aifi.\1.layers."),
+    (re.compile(r"\.layers\.(\d+)\.(fc1|fc2)\."), r".layers.\1.mlp.\2."),
+    (re.compile(r"\.self_attn\.out_proj\."), r".self_attn.o_proj."),
+]
 
-    q/k/v projections are fused into nn.MultiheadAttention's `in_proj_weight`/`in_proj_bias`.
-    Raises ValueError listing every key that has no counterpart.
+
+def _in_memory_name(key: str) -> str:
+    for pattern, replacement in _FILE_ALIASES:
+        key = pattern.sub(replacement, key)
+    return key
+
+
+def hf_state_dict_to_ours(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers `RTDetrForObjectDetection` weights (ResNet-vd backbone) -> our RTDETR's.
+
+    Takes the in-memory `state_dict()` or a saved `model.safetensors` (whose names follow the hub's
+    older layout). q/k/v projections are fused into nn.MultiheadAttention's `in_proj_weight`/
+    `in_proj_bias`. Raises ValueError listing every key that has no counterpart.
     """
     renamed: dict[str, torch.Tensor] = {}
     unknown = []
     for key, value in state_dict.items():
-        new = _rename(key, _FORWARD, forward=True)
+        new = _rename(_in_memory_name(key), _FORWARD, forward=True)
         if new is None:
             unknown.append(key)
         elif new in renamed:

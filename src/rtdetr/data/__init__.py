@@ -1,0 +1,1 @@
+"""Datasets: COCO reading, augmentation presets, batching."""
