@@ -12,7 +12,7 @@ from collections.abc import Callable
 from rtdetr.config.rules import TASKS
 from rtdetr.errors import NotImplementedTask
 
-TASK_MODULES: dict[str, str] = {}
+TASK_MODULES: dict[str, str] = {"train": "rtdetr.tasks.train"}
 
 
 def get_runner(task: str) -> Callable:

@@ -1,0 +1,103 @@
+"""Deterministic batching: every random choice of an epoch derives from (seed, epoch, index).
+
+`EpochBatchSampler` yields batches of keys ``(index, epoch, scale)``; `KeyedDataset` seeds the
+augmentation of each sample from its key. The samples and batches of an epoch therefore do not
+depend on the number of loader workers, on the epochs before it (a resumed run continues exactly),
+or on the number of processes: with W ranks, rank r's batch b is the r-th slice of the global batch
+b that one process with a W times larger batch would see.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, Sampler
+
+
+def _rank_world(world_size: int) -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, world_size
+
+
+class EpochBatchSampler(Sampler):
+    """Batches of ``(index, epoch, scale)`` keys for one rank.
+
+    Training (``drop_last``): a permutation per (seed, epoch), the last incomplete global batch
+    dropped, one ``scale`` per global batch drawn from ``scales`` (0 = no rescaling). Evaluation:
+    in order, the last global batch padded with repeats so that every rank has the same count.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int = 0,
+        scales: Sequence[int] = (),
+        world_size: int = 1,
+    ):
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.scales = list(scales)
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _num_global_batches(self, world: int) -> int:
+        size = self.batch_size * world
+        return self.num_samples // size if self.drop_last else math.ceil(self.num_samples / size)
+
+    def __len__(self) -> int:
+        return self._num_global_batches(_rank_world(self.world_size)[1])
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        rank, world = _rank_world(self.world_size)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.num_samples, generator=generator).tolist()
+        else:
+            order = list(range(self.num_samples))
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        size = self.batch_size * world
+        for b in range(self._num_global_batches(world)):
+            chunk = order[b * size : (b + 1) * size]
+            if len(chunk) < size:  # evaluation only: pad with repeats of the first items
+                chunk = chunk + (order * math.ceil(size / len(order)))[: size - len(chunk)]
+            scale = rng.choice(self.scales) if self.scales else 0
+            mine = chunk[rank * self.batch_size : (rank + 1) * self.batch_size]
+            yield [(index, self.epoch, scale) for index in mine]
+
+
+class KeyedDataset(Dataset):
+    """Wraps a dataset so that ``ds[(index, epoch, scale)]`` runs its augmentation with a generator
+    seeded from the key; the target records the batch ``scale`` for the collate function."""
+
+    def __init__(self, dataset: Dataset, seed: int = 0):
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            return self.dataset[key]
+        index, epoch, scale = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            image, target = self.dataset[index]
+        if scale:
+            target["scale"] = scale
+        return image, target

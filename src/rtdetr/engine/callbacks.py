@@ -1,0 +1,174 @@
+"""TAO's checkpoint names, status.json lines and end-of-run plots, as Lightning callbacks."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+
+from rtdetr.fileio import atomic_write
+from rtdetr.status import StatusLogger
+
+log = logging.getLogger(__name__)
+
+LATEST = "rtdetr_model_latest.pth"
+CHECKPOINT_RE = re.compile(r"^model_epoch_(\d{3,})\.pth$")
+
+
+def checkpoint_name(epoch: int, ema: bool = False) -> str:
+    """TAO's name: model_epoch_000.pth (0-based epoch), model_epoch_000-EMA.pth for the EMA twin."""
+    return f"model_epoch_{epoch:03d}{'-EMA' if ema else ''}.pth"
+
+
+def latest_checkpoint(results_dir: str | os.PathLike) -> Path | None:
+    """The newest training checkpoint in a results directory (following the latest link)."""
+    results_dir = Path(results_dir)
+    link = results_dir / LATEST
+    if link.exists():
+        return link.resolve()
+    found = sorted(
+        (int(m.group(1)), p)
+        for p in results_dir.glob("model_epoch_*.pth")
+        if (m := CHECKPOINT_RE.match(p.name))
+    )
+    return found[-1][1] if found else None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it: a kill never leaves half a file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        atomic_write(path, lambda fh: torch.save(checkpoint, fh), mode="wb")
+
+
+def _link_latest(results_dir: Path, target: Path) -> None:
+    tmp = results_dir / f".{LATEST}.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(target.name)
+    os.replace(tmp, results_dir / LATEST)
+
+
+class TAOCheckpoint(L.Callback):
+    """Saves ``model_epoch_XXX.pth`` every ``interval`` epochs (and at the last), the EMA twin when
+    an EMA callback runs, and points ``rtdetr_model_latest.pth`` at the newest."""
+
+    def __init__(self, results_dir: str | os.PathLike, interval: int = 1, ema=None):
+        self.results_dir = Path(results_dir)
+        self.interval = interval
+        self.ema = ema
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        last = epoch + 1 >= (trainer.max_epochs or 0)
+        if (epoch + 1) % self.interval and not last:
+            return
+        if trainer.sanity_checking or getattr(trainer, "_rtdetr_dry_run", False):
+            return
+        path = self.results_dir / checkpoint_name(epoch)
+        if self.ema is not None and self.ema.weights is not None:
+            # the twin first, so that the latest link never points at a checkpoint without its twin
+            with self.ema.swapped(pl_module):
+                trainer.save_checkpoint(
+                    self.results_dir / checkpoint_name(epoch, ema=True), weights_only=False
+                )
+        trainer.save_checkpoint(path, weights_only=False)
+        if trainer.is_global_zero:
+            _link_latest(self.results_dir, path)
+            log.info("saved %s", path)
+
+
+class StatusCallback(L.Callback):
+    """TAO status.json lines: one RUNNING line per epoch with train_loss and, after validation,
+    val_mAP, val_mAP50 and val_loss."""
+
+    def __init__(self, status: StatusLogger):
+        self.status = status
+        self._start = 0.0
+        self._epoch_times: list[float] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        elapsed = time.monotonic() - self._start
+        self._epoch_times.append(elapsed)
+        epoch, max_epoch = trainer.current_epoch, trainer.max_epochs or 0
+        metrics = trainer.callback_metrics
+        kpi = {"train_loss": _float(metrics.get("train_loss_epoch"))}
+        for key in ("val_mAP", "val_mAP50", "val_loss"):
+            if key in metrics:
+                kpi[key] = _float(metrics[key])
+        mean = sum(self._epoch_times) / len(self._epoch_times)
+        self.status.write(
+            "RUNNING",
+            f"Train epoch {epoch} finished.",
+            kpi=kpi,
+            epoch=epoch,
+            max_epoch=max_epoch,
+            time_per_epoch=_hms(elapsed),
+            eta=_hms(mean * max(0, max_epoch - epoch - 1)),
+        )
+
+
+def _float(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def plot_curves(metrics_csv: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """PNG plots of the loss and mAP curves per epoch from Lightning's metrics.csv."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics_csv, out_dir = Path(metrics_csv), Path(out_dir)
+    if not metrics_csv.exists():
+        return []
+    series: dict[str, dict[int, float]] = {}
+    with metrics_csv.open() as fh:
+        for row in csv.DictReader(fh):
+            if not row.get("epoch"):
+                continue
+            epoch = int(float(row["epoch"]))
+            for key in ("train_loss_epoch", "val_loss", "val_mAP", "val_mAP50"):
+                if row.get(key):
+                    series.setdefault(key, {})[epoch] = float(row[key])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, keys, ylabel in (
+        ("loss.png", ("train_loss_epoch", "val_loss"), "loss"),
+        ("map.png", ("val_mAP", "val_mAP50"), "COCO mAP"),
+    ):
+        present = [k for k in keys if series.get(k)]
+        if not present:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in present:
+            epochs = sorted(series[key])
+            ax.plot(epochs, [series[key][e] for e in epochs], marker="o", label=key.replace("_epoch", ""))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / name
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,109 @@
+"""Preparing a model for training: pretrained weights, frozen parts, activation checkpointing."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from rtdetr.checkpoint import STATE_PREFIX
+from rtdetr.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadReport:
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # in the model, not in the file
+    unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
+    mismatched: list[str] = field(default_factory=list)  # same name, other shape
+
+
+def load_pretrained_model(model: nn.Module, path: str | os.PathLike) -> LoadReport:
+    """Load every tensor of a checkpoint whose name and shape match; report what was skipped.
+
+    Takes our checkpoints and plain state dicts (also under "model", "state_dict" or "ema.module").
+    """
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise UserError(f"train.pretrained_model_path: {path}: file not found") from exc
+    except Exception as exc:  # torch raises many kinds for a bad file
+        raise UserError(f"train.pretrained_model_path: {path}: not a readable checkpoint: {exc}") from exc
+    state = data
+    if isinstance(data, dict) and isinstance(data.get("ema"), dict):
+        state = data["ema"].get("module", data["ema"])
+    elif isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        state = data["state_dict"]
+    elif isinstance(data, dict) and isinstance(data.get("model"), dict):
+        state = data["model"]
+    state = {
+        k.removeprefix("module.").removeprefix(STATE_PREFIX): v
+        for k, v in state.items()
+        if torch.is_tensor(v)
+    }
+    own = model.state_dict()
+    report = LoadReport()
+    usable = {}
+    for name, value in state.items():
+        if name not in own:
+            report.unexpected.append(name)
+        elif own[name].shape != value.shape:
+            report.mismatched.append(f"{name} {tuple(value.shape)} -> {tuple(own[name].shape)}")
+        else:
+            usable[name] = value
+            report.loaded.append(name)
+    report.missing = sorted(set(own) - set(usable))
+    if not usable:
+        raise UserError(f"train.pretrained_model_path: {path}: no tensor fits the model")
+    model.load_state_dict(usable, strict=False)
+    log.info("pretrained model %s: loaded %d of %d tensors", path, len(report.loaded), len(own))
+    for label, names in (("skipped, shape differs", report.mismatched), ("not in the model", report.unexpected),
+                         ("left at initialisation", report.missing)):  # fmt: skip
+        if names:
+            log.info(
+                "  %s (%d): %s%s", label, len(names), ", ".join(names[:6]), " ..." if len(names) > 6 else ""
+            )
+    return report
+
+
+def freeze(model: nn.Module, names: Sequence[str]) -> None:
+    """Stop the gradients of the named submodules (e.g. backbone, encoder, decoder, or dotted names)."""
+    modules = dict(model.named_modules())
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        top = ", ".join(name for name, _ in model.named_children())
+        raise UserError(f"train.freeze: no submodule named {unknown}; top-level submodules are: {top}")
+    for name in names:
+        modules[name].requires_grad_(False)
+        log.info("froze %s", name)
+
+
+def _checkpointed(layer: nn.Module, forward):
+    def run(*args, **kwargs):
+        if layer.training and torch.is_grad_enabled():
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+
+    return run
+
+
+def enable_activation_checkpointing(model: nn.Module, layer_types: tuple[type, ...] | None = None) -> int:
+    """Make every transformer layer (encoder and decoder) recompute its activations in the backward
+    pass instead of storing them. Parameter names and outputs are unchanged. Returns the count."""
+    from rtdetr.model.decoder import TransformerDecoderLayer
+    from rtdetr.model.encoder import TransformerEncoderLayer
+
+    layer_types = layer_types or (TransformerEncoderLayer, TransformerDecoderLayer)
+    count = 0
+    for module in model.modules():
+        if isinstance(module, layer_types) and "forward" not in vars(module):
+            module.forward = _checkpointed(module, module.forward)
+            count += 1
+    return count

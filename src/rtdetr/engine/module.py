@@ -1,0 +1,189 @@
+"""The LightningModule: one place for the training step, the NaN guard, validation and optimizers."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from rtdetr.checkpoint import ModelMetadata
+from rtdetr.config.schema import OptimConfig
+from rtdetr.engine.metrics import coco_results, evaluate_coco
+from rtdetr.engine.optim import StepSchedule, build_optimizer, param_groups
+from rtdetr.errors import UserError
+from rtdetr.loss import total_loss
+from rtdetr.model.postprocess import select_detections
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+    kind = "Training diverged"
+    exit_code = 1
+
+
+def seed_everything_for_epoch(seed: int, epoch: int) -> None:
+    """Seed python, numpy and torch from (seed, epoch): an epoch's randomness does not depend on
+    what ran before it, so a run resumed at an epoch boundary continues exactly."""
+    value = (seed * 1_000_003 + epoch) % (2**31)
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
+class DetectionModule(L.LightningModule):
+    """Trains ``model`` with ``criterion``; validates with COCO mAP against ``val_gt``.
+
+    Batches are (images [B, 3, H, W] in [0, 1], targets): per image "labels" [N], "boxes" [N, 4]
+    normalised cxcywh, "image_id", "orig_size" (h, w) and "canvas_size" (h, w) (the original-pixel
+    size the normalised boxes refer to). ``label_to_category`` maps logit index -> dataset category
+    id (None: identity).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: nn.Module,
+        *,
+        optim: OptimConfig,
+        metadata: ModelMetadata,
+        backbone_names: Sequence[str] = ("backbone.0",),
+        linear_proj_names: Sequence[str] = ("reference_points", "sampling_offsets"),
+        num_select: int = 300,
+        label_to_category: Sequence[int] | None = None,
+        val_gt: dict | None = None,
+        seed: int = -1,
+    ):
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+        self.optim = optim
+        self.metadata = metadata
+        self.backbone_names = list(backbone_names)
+        self.linear_proj_names = list(linear_proj_names)
+        self.num_select = num_select
+        self.label_to_category = None if label_to_category is None else list(label_to_category)
+        self.val_gt = val_gt
+        self.seed = seed
+        self._val_results: list[dict] = []
+
+    def forward(self, images: torch.Tensor) -> dict:
+        return self.model(images)
+
+    # ----------------------------------------------------------------------------- training
+    def on_train_epoch_start(self) -> None:
+        if self.seed >= 0:
+            seed_everything_for_epoch(self.seed + self.global_rank * 7919, self.current_epoch)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        outputs = self.model(images, targets)
+        losses = self.criterion(outputs, targets)
+        loss = total_loss(losses)
+        bad = not bool(torch.isfinite(loss.detach()))
+        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            raise TrainingDiverged(
+                f"the training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step} "
+                f"(batch {batch_idx}); the checkpoints written so far are intact. Lower train.optim.lr, "
+                "keep train.clip_grad_norm > 0, or use precision fp32"
+            )
+        batch_size = images.shape[0]
+        self.log(
+            "train_loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch_size,
+            sync_dist=True,
+        )
+        self.log(
+            "lr",
+            self.trainer.optimizers[0].param_groups[-1]["lr"],
+            on_step=True,
+            prog_bar=True,
+            batch_size=batch_size,
+        )
+        return loss
+
+    # --------------------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_results = []
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, targets = batch
+        outputs = self.model(images)
+        losses = self.criterion(outputs, targets)
+        self.log("val_loss", total_loss(losses), on_epoch=True, batch_size=images.shape[0], sync_dist=True)
+        canvas = torch.stack([t["canvas_size"] for t in targets]).to(outputs["pred_boxes"])
+        scores, labels, boxes = select_detections(
+            outputs["pred_logits"].float(), outputs["pred_boxes"].float(), canvas, self.num_select
+        )
+        for t, s, lab, b in zip(targets, scores, labels, boxes):
+            h, w = (int(v) for v in t["orig_size"])
+            b = b.clone()
+            b[:, 0::2] = b[:, 0::2].clamp(0, w)
+            b[:, 1::2] = b[:, 1::2].clamp(0, h)
+            cats = lab.cpu().numpy()
+            if self.label_to_category is not None:
+                cats = np.asarray(self.label_to_category)[cats]
+            self._val_results.extend(
+                coco_results([int(t["image_id"])], [b.cpu().numpy()], [s.cpu().numpy()], [cats])
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_gt is None or self.trainer.sanity_checking:
+            return
+        results = self._val_results
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            gathered: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, results)
+            seen: set[int] = set()
+            results = []
+            for part in gathered:  # the distributed sampler pads with repeats: keep each image once
+                images = {r["image_id"] for r in part} - seen
+                results.extend(r for r in part if r["image_id"] in images)
+                seen |= images
+        stats = evaluate_coco(self.val_gt, results)["stats"]
+        self.log("val_mAP", stats["mAP"], rank_zero_only=False, sync_dist=False)
+        self.log("val_mAP50", stats["mAP50"], rank_zero_only=False, sync_dist=False)
+
+    # ---------------------------------------------------------------------------- optimizers
+    def configure_optimizers(self):
+        o = self.optim
+        groups = param_groups(
+            self.model,
+            lr=o.lr,
+            lr_backbone=o.lr_backbone,
+            weight_decay=o.weight_decay,
+            backbone_names=self.backbone_names,
+            linear_proj_names=self.linear_proj_names,
+            lr_linear_proj_mult=o.lr_linear_proj_mult,
+        )
+        for g in groups:
+            log.debug(
+                "param group %s: %d tensors, lr %g, weight decay %g",
+                g["name"],
+                len(g["params"]),
+                g["lr"],
+                g["weight_decay"],
+            )
+        optimizer = build_optimizer(
+            groups, optimizer=o.optimizer, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+        )
+        steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs))
+        schedule = StepSchedule(
+            steps_per_epoch, o.lr_scheduler, o.lr_steps, o.lr_step_size, o.lr_decay, o.warmup_steps
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rtdetr"] = self.metadata.to_dict()

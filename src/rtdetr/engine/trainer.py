@@ -1,0 +1,180 @@
+"""`fit`: a training run from a validated spec, with TAO's outputs in the results directory."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from rtdetr import __version__
+from rtdetr.checkpoint import ModelMetadata, build_from_metadata
+from rtdetr.config import ExperimentConfig, spec_to_dict
+from rtdetr.engine.callbacks import (
+    AtomicCheckpointIO,
+    StatusCallback,
+    TAOCheckpoint,
+    latest_checkpoint,
+    plot_curves,
+)
+from rtdetr.engine.data import TrainingData, build_training_data
+from rtdetr.engine.ema import EMA
+from rtdetr.engine.hardware import resolve_hardware
+from rtdetr.engine.model_setup import enable_activation_checkpointing, freeze, load_pretrained_model
+from rtdetr.engine.module import DetectionModule
+from rtdetr.errors import UserError
+from rtdetr.loss import HungarianMatcher, RTDETRCriterion
+from rtdetr.status import StatusLogger
+
+log = logging.getLogger(__name__)
+
+
+def build_criterion(model_cfg, num_classes: int) -> RTDETRCriterion:
+    """The matcher and losses of the spec's model section."""
+    matcher = HungarianMatcher(
+        class_cost=model_cfg.class_cost, bbox_cost=model_cfg.bbox_cost, giou_cost=model_cfg.giou_cost
+    )
+    return RTDETRCriterion(
+        num_classes,
+        matcher,
+        weight_vfl=model_cfg.vfl_loss_coef,
+        weight_bbox=model_cfg.bbox_loss_coef,
+        weight_giou=model_cfg.giou_loss_coef,
+        loss_types=tuple(model_cfg.loss_types),
+        alpha=model_cfg.alpha,
+        gamma=model_cfg.gamma,
+    )
+
+
+def resume_path(cfg: ExperimentConfig, results_dir: Path) -> Path | None:
+    """resume_training_checkpoint_path, else the latest checkpoint in the results directory."""
+    explicit = cfg.train.resume_training_checkpoint_path
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise UserError(f"train.resume_training_checkpoint_path: {path}: checkpoint not found")
+        return path
+    return latest_checkpoint(results_dir)
+
+
+def build_module(cfg: ExperimentConfig, data: TrainingData) -> DetectionModule:
+    """Model (with pretrained weights, frozen parts), criterion and optimizer settings."""
+    meta = ModelMetadata(
+        model=spec_to_dict(cfg.model),
+        num_classes=cfg.dataset.num_classes,
+        class_names=data.class_names,
+        category_ids=data.label_to_category,
+        input_size=list(cfg.dataset.augmentation.eval_spatial_size),
+        toolkit_version=__version__,
+    )
+    model = build_from_metadata(meta, load_pretrained_backbone=True)
+    if cfg.train.pretrained_model_path:
+        load_pretrained_model(model, cfg.train.pretrained_model_path)
+    if cfg.train.freeze:
+        freeze(model, cfg.train.freeze)
+    if cfg.train.activation_checkpoint:
+        enable_activation_checkpointing(model)
+    return DetectionModule(
+        model,
+        build_criterion(cfg.model, cfg.dataset.num_classes),
+        optim=cfg.train.optim,
+        metadata=meta,
+        backbone_names=cfg.model.backbone_names,
+        linear_proj_names=cfg.model.linear_proj_names,
+        num_select=cfg.model.num_select,
+        label_to_category=data.label_to_category,
+        val_gt=data.val_gt,
+        seed=cfg.train.seed,
+    )
+
+
+def _loggers(cfg: ExperimentConfig, results_dir: Path) -> list:
+    loggers = [
+        CSVLogger(save_dir=results_dir, name="logs", version=""),
+        TensorBoardLogger(save_dir=results_dir, name="tensorboard", version="", default_hp_metric=False),
+    ]
+    w = cfg.wandb
+    if w.enable:
+        try:
+            from lightning.pytorch.loggers import WandbLogger
+        except ImportError as exc:  # pragma: no cover - depends on the optional extra
+            raise UserError("wandb.enable: install the wandb extra: pip install 'rtdetr[wandb]'") from exc
+        loggers.append(
+            WandbLogger(
+                project=w.project,
+                entity=w.entity,
+                name=w.name,
+                tags=w.tags,
+                id=w.run_id,
+                save_dir=str(results_dir),
+                mode=w.mode,
+                save_code=w.save_code,
+                sync_tensorboard=w.sync_tensorboard,
+                reinit=w.reinit,
+            )  # fmt: skip
+        )
+    return loggers
+
+
+def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> DetectionModule:
+    """Train as the spec says; checkpoints, logs and plots go to ``results_dir``."""
+    t = cfg.train
+    hardware = resolve_hardware(t)
+    if t.seed >= 0:
+        L.seed_everything(t.seed, workers=True, verbose=False)
+    torch.backends.cudnn.benchmark = t.cudnn.benchmark
+    torch.backends.cudnn.deterministic = t.cudnn.deterministic
+
+    data = build_training_data(cfg, results_dir, world_size=hardware.world_size)
+    module = build_module(cfg, data)
+
+    ema = (
+        EMA(t.ema.decay, t.ema.every_n_steps, t.ema.validate_original_weights, t.ema.cpu_offload)
+        if t.enable_ema
+        else None
+    )
+    callbacks = [StatusCallback(status)]
+    if ema is not None:
+        callbacks.append(ema)
+    callbacks.append(TAOCheckpoint(results_dir, t.checkpoint_interval, ema))
+    dry = t.is_dry_run
+    trainer = L.Trainer(
+        accelerator=hardware.accelerator,
+        devices=hardware.devices,
+        num_nodes=hardware.num_nodes,
+        strategy=hardware.strategy,
+        precision=hardware.precision,
+        sync_batchnorm=hardware.sync_batchnorm,
+        max_epochs=1 if dry else t.num_epochs,
+        limit_train_batches=1 if dry else None,
+        limit_val_batches=1 if dry else None,
+        check_val_every_n_epoch=t.validation_interval,
+        gradient_clip_val=t.clip_grad_norm or None,
+        gradient_clip_algorithm="norm",
+        deterministic=False,
+        benchmark=t.cudnn.benchmark,
+        default_root_dir=results_dir,
+        enable_checkpointing=False,
+        logger=_loggers(cfg, results_dir),
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        enable_model_summary=t.verbose,
+    )
+    trainer._rtdetr_dry_run = dry
+    ckpt = None if dry else resume_path(cfg, results_dir)
+    if ckpt is not None:
+        log.info("resuming from %s", ckpt)
+        status.write("RUNNING", f"Resuming training from {ckpt}.")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+        trainer.fit(module, data.train_loader, data.val_loader, ckpt_path=ckpt)
+    if trainer.is_global_zero:
+        plot_curves(results_dir / "logs" / "metrics.csv", results_dir / "plots")
+    return module
