@@ -51,6 +51,8 @@ class EpochBatchSampler(Sampler):
         self.scales = list(scales)
         self.world_size = world_size
         self.epoch = 0
+        # Lightning calls set_epoch on `loader.batch_sampler.sampler` at the start of each epoch.
+        self.sampler = _EpochSetter(self)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -78,6 +80,14 @@ class EpochBatchSampler(Sampler):
             scale = rng.choice(self.scales) if self.scales else 0
             mine = chunk[rank * self.batch_size : (rank + 1) * self.batch_size]
             yield [(index, self.epoch, scale) for index in mine]
+
+
+class _EpochSetter:
+    def __init__(self, owner: EpochBatchSampler):
+        self.owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self.owner.set_epoch(epoch)
 
 
 class KeyedDataset(Dataset):

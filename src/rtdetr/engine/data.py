@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from rtdetr.config import ExperimentConfig
 from rtdetr.data.coco import CocoSource, concat_sources, load_coco
 from rtdetr.data.dataset import CocoDetection
-from rtdetr.data.loader import seed_worker
+from rtdetr.data.loader import init_worker
 from rtdetr.data.sampling import EpochBatchSampler, KeyedDataset
 from rtdetr.data.transforms import build_transforms
 from rtdetr.engine.metrics import coco_ground_truth
@@ -80,7 +80,7 @@ def make_loader(
         num_workers=workers,
         pin_memory=pin_memory and torch.cuda.is_available(),
         collate_fn=collate,
-        worker_init_fn=seed_worker,
+        worker_init_fn=init_worker,
         multiprocessing_context="fork" if workers > 0 and os.name == "posix" else None,
         persistent_workers=False,
     )

@@ -78,5 +78,5 @@ def resolve_hardware(train: TrainConfig, cuda_available: bool | None = None) -> 
         num_nodes=train.num_nodes,
         strategy=strategy,
         precision=PRECISION[train.precision],
-        sync_batchnorm=world > 1,
+        sync_batchnorm=world > 1 and cuda,  # SyncBatchNorm runs on GPUs only
     )

@@ -29,10 +29,10 @@ class TrainingDiverged(UserError):
     exit_code = 1
 
 
-def seed_everything_for_epoch(seed: int, epoch: int) -> None:
-    """Seed python, numpy and torch from (seed, epoch): an epoch's randomness does not depend on
-    what ran before it, so a run resumed at an epoch boundary continues exactly."""
-    value = (seed * 1_000_003 + epoch) % (2**31)
+def seed_everything_for_step(seed: int, step: int) -> None:
+    """Seed python, numpy and torch from (seed, step): a step's randomness (denoising noise, dropout)
+    does not depend on what ran before it, so a resumed run continues exactly."""
+    value = (seed * 1_000_003 + step) % (2**31)
     random.seed(value)
     np.random.seed(value)
     torch.manual_seed(value)
@@ -78,9 +78,9 @@ class DetectionModule(L.LightningModule):
         return self.model(images)
 
     # ----------------------------------------------------------------------------- training
-    def on_train_epoch_start(self) -> None:
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
         if self.seed >= 0:
-            seed_everything_for_epoch(self.seed + self.global_rank * 7919, self.current_epoch)
+            seed_everything_for_step(self.seed + self.global_rank * 7919, self.global_step)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch

@@ -1,0 +1,118 @@
+"""Data loaders: batching, per-batch multi-scale resize, seeding.
+
+A batch is (images float32 [B, 3, H, W], targets: list of B target dicts). Boxes are normalised
+cxcywh, so a multi-scale resize of the whole batch leaves the targets unchanged.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from rtdetr.errors import UserError
+
+
+class BatchCollate:
+    """samples -> (images [B, 3, H, W], targets list[dict]); with `multi_scales`, ONE size s is drawn
+    per batch and the batch is resized (bilinear) to [s, s], as the original RT-DETR does.
+
+    The draw uses a generator seeded from `seed` in the main process (workers=0) and from the
+    DataLoader's per-worker seed in a worker, so it is deterministic given the loader's seed.
+    """
+
+    def __init__(self, multi_scales: Sequence[int] | None = None, seed: int = 0):
+        self.multi_scales = [int(s) for s in multi_scales or ()]
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+        self._owner: tuple[int, int | None] | None = None
+
+    def _rng(self) -> torch.Generator:
+        info = get_worker_info()
+        owner = (os.getpid(), None if info is None else info.seed)
+        if self._generator is None or self._owner != owner:
+            seed = self.seed if info is None else info.seed
+            self._generator = torch.Generator().manual_seed((seed * 1_000_003 + 12_345) % 2**63)
+            self._owner = owner
+        return self._generator
+
+    def __call__(self, batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[torch.Tensor, list[dict]]:
+        images = torch.stack([image for image, _ in batch])
+        targets = [target for _, target in batch]
+        if self.multi_scales:
+            size = self.multi_scales[int(torch.randint(len(self.multi_scales), (1,), generator=self._rng()))]
+            if images.shape[-2:] != (size, size):
+                images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+        return images, targets
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and random from the DataLoader's per-worker seed (torch already is)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def init_worker(worker_id: int) -> None:
+    """worker_init_fn: seed_worker, then gc.freeze() so that the worker's garbage collector never walks
+    (and so copies on write) the objects inherited from the main process. Freezing is O(1)."""
+    seed_worker(worker_id)
+    gc.freeze()
+
+
+def _loader(dataset: Dataset, batch_size: int, workers: int, pin_memory: bool, **kwargs: Any) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        worker_init_fn=init_worker,
+        multiprocessing_context="fork" if workers > 0 and os.name == "posix" else None,
+        **kwargs,
+    )
+
+
+def build_train_loader(
+    dataset: Dataset,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool,
+    multi_scales: Sequence[int] | None,
+    seed: int,
+    distributed_sampler: Sampler | None = None,
+) -> DataLoader:
+    """Shuffled batches (the last incomplete one dropped), multi-scale when `multi_scales` is non-empty.
+
+    Deterministic given `seed` (order, worker seeds, scale draws). With `distributed_sampler`, it
+    decides the order (call its set_epoch each epoch). Call dataset.set_epoch(e) before each epoch
+    for epoch-based augmentation policies (workers are re-created every epoch).
+    """
+    count = len(distributed_sampler) if distributed_sampler is not None else len(dataset)
+    if count < batch_size:
+        raise UserError(
+            f"the training set has {count} images{' on this rank' if distributed_sampler else ''}, fewer than "
+            f"dataset.batch_size {batch_size}, and the last incomplete batch is dropped: lower dataset.batch_size"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    return _loader(
+        dataset, batch_size, workers, pin_memory,
+        shuffle=distributed_sampler is None, sampler=distributed_sampler, drop_last=True,
+        collate_fn=BatchCollate(multi_scales, seed), generator=generator,
+    )  # fmt: skip
+
+
+def build_eval_loader(
+    dataset: Dataset, batch_size: int, workers: int, pin_memory: bool, sampler: Sampler | None = None
+) -> DataLoader:
+    """Batches in dataset order (or `sampler`'s), none dropped, no multi-scale."""
+    return _loader(
+        dataset, batch_size, workers, pin_memory,
+        shuffle=False, sampler=sampler, drop_last=False, collate_fn=BatchCollate(None),
+    )  # fmt: skip

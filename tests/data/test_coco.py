@@ -1,0 +1,165 @@
+"""COCO reading: errors name the file, bad items are skipped with reasons, the category convention."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rtdetr.data import coco
+from rtdetr.data.coco import concat_sources, load_coco
+from rtdetr.data.mscoco import MSCOCO_CATEGORY_IDS
+from rtdetr.errors import UserError
+
+
+def test_missing_json_file_names_it(tmp_path):
+    with pytest.raises(UserError, match="nope.json: annotation file not found"):
+        load_coco(tmp_path / "nope.json", tmp_path, num_classes=4)
+
+
+def test_malformed_json_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"images": [\n  {"id": 1,,}]}')
+    with pytest.raises(UserError, match=r"bad.json: malformed JSON at line 2") as info:
+        load_coco(path, tmp_path, num_classes=4)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["images", "annotations", "categories"])
+def test_missing_top_level_key(make_coco, key):
+    path, image_dir = make_coco([{"id": 1}], [])
+    data = json.loads(path.read_text())
+    del data[key]
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=rf"ann.json: missing required COCO key '{key}'"):
+        load_coco(path, image_dir, num_classes=4)
+
+
+@pytest.mark.parametrize(
+    ("images", "annotations", "message"),
+    [
+        ([{"id": 1}, {"id": 2, "file_name": None}], [], None),
+        ([{"id": 1}], [{"image_id": 1, "category_id": 1}], r"annotations\[0\] \(id 1\) has no 'bbox'"),
+        (
+            [{"id": 1}],
+            [{"image_id": 1, "bbox": [0, 0, 1, 1]}],
+            r"annotations\[0\] \(id 1\) has no 'category_id'",
+        ),
+        (
+            [{"id": 1}],
+            [{"category_id": 1, "bbox": [0, 0, 1, 1]}],
+            r"annotations\[0\] \(id 1\) has no 'image_id'",
+        ),
+    ],
+)
+def test_missing_record_key_names_file_and_record(make_coco, images, annotations, message):
+    path, image_dir = make_coco(images, annotations, write_images=False)
+    data = json.loads(path.read_text())
+    if message is None:  # an image without file_name
+        del data["images"][1]["file_name"]
+        message = r"ann.json: images\[1\] \(id 2\) has no 'file_name'"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=message):
+        load_coco(path, image_dir, num_classes=4)
+
+
+def test_category_id_is_the_logit_index(small_coco):
+    path, image_dir = small_coco
+    with pytest.raises(UserError) as info:
+        load_coco(path, image_dir, num_classes=3)
+    message = str(info.value)
+    assert "category_id 3" in message and "set dataset.num_classes to at least 4, or" in message
+    source = load_coco(path, image_dir, num_classes=4)
+    assert source.label_to_category == [-1, 1, 2, 3]
+    assert source.class_names == ["class_0", "c1", "c2", "c3"]
+    assert {label for r in source.records for label in r["labels"]} == {1, 2, 3}
+
+
+def test_remap_mscoco_category(make_coco):
+    categories = [{"id": c, "name": f"n{c}"} for c in (1, 90, 12)]  # 12 is not an MS-COCO id
+    anns = [{"image_id": 1, "category_id": c, "bbox": [1, 1, 5, 5]} for c in (1, 90, 12)]
+    path, image_dir = make_coco([{"id": 1}], anns, categories)
+    source = load_coco(path, image_dir, num_classes=80, remap_mscoco_category=True)
+    assert source.records[0]["labels"] == [0, 79]
+    assert source.report.counts[coco.UNKNOWN_CATEGORY] == 1
+    inverse = source.label_to_category
+    assert len(inverse) == 80 and inverse[0] == 1 and inverse[79] == 90
+    full = coco.category_to_label(MSCOCO_CATEGORY_IDS, True)
+    assert sorted(full.values()) == list(range(80))
+    with pytest.raises(UserError, match="num_classes must be at least 80"):
+        load_coco(path, image_dir, num_classes=10, remap_mscoco_category=True)
+
+
+def test_bad_items_are_skipped_with_reasons(make_coco, tmp_path):
+    images = [{"id": 1}, {"id": 2}, {"id": 3}, {"id": 4}]
+    anns = [
+        {"image_id": 1, "category_id": 1, "bbox": [4, 4, 10, 10]},  # kept as is
+        {"image_id": 1, "category_id": 2, "bbox": [-5, 20, 10, 10]},  # clipped to [0, 20, 5, 24]
+        {"image_id": 1, "category_id": 1, "bbox": [3, 3, 0, 5]},  # zero width
+        {"image_id": 1, "category_id": 1, "bbox": [3, 3, 5, -1]},  # negative height
+        {"image_id": 1, "category_id": 1, "bbox": [40, 3, 5, 5]},  # outside the 32x24 image
+        {"image_id": 1, "category_id": 1, "bbox": [3, 3, 5]},  # not 4 numbers
+        {"image_id": 1, "category_id": 7, "bbox": [3, 3, 5, 5]},  # unknown category
+        {"image_id": 99, "category_id": 1, "bbox": [3, 3, 5, 5]},  # unknown image
+        {"image_id": 2, "category_id": 3, "bbox": [1, 1, 5, 5], "iscrowd": 1},  # crowd
+        {"image_id": 4, "category_id": 1, "bbox": [1, 1, 5, 5]},  # image 4's file is missing
+    ]
+    path, image_dir = make_coco(images, anns)
+    (image_dir / "img4.png").unlink()
+    source = load_coco(path, image_dir, num_classes=4)
+
+    by_id = {r["image_id"]: r for r in source.records}
+    assert sorted(by_id) == [1, 2, 3]  # missing file dropped, negatives (2: only crowd, 3: none) kept
+    assert by_id[1]["boxes"] == [[4, 4, 14, 14], [0, 20, 5, 24]] and by_id[1]["labels"] == [1, 2]
+    assert (
+        by_id[2]["boxes"] == []
+        and by_id[2]["crowd_boxes"] == [[1, 1, 6, 6]]
+        and by_id[2]["crowd_labels"] == [3]
+    )
+    assert by_id[3]["boxes"] == []
+    assert dict(source.report.counts) == {
+        coco.CLIPPED_BOX: 1, coco.EMPTY_BOX: 2, coco.OUTSIDE_BOX: 1, coco.INVALID_BOX: 1,
+        coco.UNKNOWN_CATEGORY: 1, coco.UNKNOWN_IMAGE: 1, coco.CROWD_BOX: 1, coco.MISSING_FILE: 1,
+    }  # fmt: skip
+
+    lines = source.report.summary_lines(limit=2)
+    assert lines[0].startswith("2 x box with zero or negative")
+    assert len(lines) == 8 + 2 + 1 and "and 7 more" in lines[-1]
+    log = tmp_path / "dataset_issues.log"
+    source.report.write_log(log)
+    text = log.read_text()
+    assert "img4.png" in text and "annotation 8 of image 99" in text
+    assert len(text.splitlines()) == 8 + 9
+    summary = source.summary_lines()[0]
+    assert "3 images (2 without boxes), 2 boxes: c1 1, c2 1" in summary
+
+
+def test_no_usable_image_is_an_error(make_coco):
+    path, image_dir = make_coco([{"id": 1}], [], write_images=False)
+    with pytest.raises(
+        UserError, match=r"ann.json: no usable image of 1: 1 x image file not found.*img1.png"
+    ):
+        load_coco(path, image_dir, num_classes=4)
+    assert len(load_coco(path, image_dir, num_classes=4, check_files=False).records) == 1
+
+
+def test_size_read_from_header_when_missing(make_coco):
+    path, image_dir = make_coco(
+        [{"id": 1, "width": 20, "height": 10}], [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 30, 30]}]
+    )
+    data = json.loads(path.read_text())
+    del data["images"][0]["width"], data["images"][0]["height"]
+    path.write_text(json.dumps(data))
+    record = load_coco(path, image_dir, num_classes=4).records[0]
+    assert (record["height"], record["width"]) == (10, 20) and record["boxes"] == [[0, 0, 20, 10]]
+
+
+def test_concat_sources_keeps_image_ids_unique(make_coco):
+    a = load_coco(*make_coco([{"id": 1}, {"id": 5}], [], name="a.json"), num_classes=4)
+    b = load_coco(*make_coco([{"id": 1}, {"id": 2}], [], name="b.json"), num_classes=4)
+    c = load_coco(*make_coco([{"id": 7}], [], name="c.json"), num_classes=4)
+    assert [r["image_id"] for r in concat_sources([a, c]).records] == [1, 5, 7]  # no clash: unchanged
+    both = concat_sources([a, b])
+    assert [r["image_id"] for r in both.records] == [1, 5, 7, 8]
+    assert both.json_files == [str(a.json_files[0]), str(b.json_files[0])]
+    assert [r["image_id"] for r in a.records] == [1, 5]  # inputs untouched

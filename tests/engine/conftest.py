@@ -1,0 +1,52 @@
+"""Generated datasets and spec writers for the engine tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic import make_dataset, tiny_spec  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def squares(tmp_path_factory) -> Path:
+    """64 training and 24 validation images of coloured squares (2 classes)."""
+    root = tmp_path_factory.mktemp("squares")
+    make_dataset(root, "train", 64, seed=0)
+    make_dataset(root, "val", 24, seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_squares(tmp_path_factory) -> Path:
+    """16 training and 8 validation images, for runs that only check mechanics."""
+    root = tmp_path_factory.mktemp("small_squares")
+    make_dataset(root, "train", 16, seed=2)
+    make_dataset(root, "val", 8, seed=3)
+    return root
+
+
+def deep_update(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    """spec_file(data_root, **sections) -> path of a YAML spec (tiny_spec updated with sections)."""
+
+    def write(data_root: Path, name: str = "spec.yaml", **sections) -> Path:
+        spec = deep_update(tiny_spec(data_root, tmp_path / "results"), sections)
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(spec))
+        return path
+
+    return write
