@@ -20,11 +20,17 @@ from rtdetr.status import read_status
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "rtdetr.cli", *args], capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "rtdetr.cli", *args], capture_output=True, text=True, env=env
+    )
 
 
 def _final_kpi(results: Path) -> dict:
-    lines = [line for line in read_status(results) if line["status"] == "RUNNING" and "val_mAP50" in line.get("kpi", {})]
+    lines = [
+        line
+        for line in read_status(results)
+        if line["status"] == "RUNNING" and "val_mAP50" in line.get("kpi", {})
+    ]
     return lines[-1]["kpi"]
 
 
@@ -41,7 +47,10 @@ def test_small_model_learns_with_tao_outputs(squares, spec_file, tmp_path):
     assert elapsed < 180, f"training took {elapsed:.0f} s"
 
     # TAO's checkpoint names (0-based epochs, every checkpoint_interval), the latest link
-    assert sorted(p.name for p in results.glob("model_epoch_*.pth")) == ["model_epoch_003.pth", "model_epoch_007.pth"]
+    assert sorted(p.name for p in results.glob("model_epoch_*.pth")) == [
+        "model_epoch_003.pth",
+        "model_epoch_007.pth",
+    ]
     assert os.readlink(results / "rtdetr_model_latest.pth") == "model_epoch_007.pth"
     # status: STARTED, one RUNNING line per epoch with train_loss, val kpis every 2 epochs, SUCCESS
     status = read_status(results)
@@ -68,14 +77,21 @@ def test_ema_twins_and_dry_run(small_squares, spec_file, tmp_path):
     assert main(["-q", "train", "-e", str(spec)]) == 0
     results = tmp_path / "results" / "train"
     names = sorted(p.name for p in results.glob("model_epoch_*.pth"))
-    assert names == ["model_epoch_000-EMA.pth", "model_epoch_000.pth", "model_epoch_001-EMA.pth", "model_epoch_001.pth"]
+    assert names == [
+        "model_epoch_000-EMA.pth",
+        "model_epoch_000.pth",
+        "model_epoch_001-EMA.pth",
+        "model_epoch_001.pth",
+    ]
     raw = read_checkpoint(results / "model_epoch_001.pth")["state_dict"]
     ema = read_checkpoint(results / "model_epoch_001-EMA.pth")["state_dict"]
     key = "model.decoder.dec_score_head.0.weight"
     assert not torch.equal(raw[key], ema[key])
     assert load_model(results / "model_epoch_001-EMA.pth").metadata.num_classes == 3
 
-    dry = spec_file(small_squares, name="dry.yaml", results_dir=str(tmp_path / "dry"), train={"is_dry_run": True})
+    dry = spec_file(
+        small_squares, name="dry.yaml", results_dir=str(tmp_path / "dry"), train={"is_dry_run": True}
+    )
     assert main(["-q", "train", "-e", str(dry)]) == 0
     dry_results = tmp_path / "dry" / "train"
     assert not list(dry_results.glob("model_epoch_*.pth"))
@@ -86,7 +102,9 @@ def test_kill_and_resume_ends_with_the_same_weights(small_squares, spec_file, tm
     """SIGKILL mid-run, then the same command again: it resumes from the last checkpoint and ends
     with the same weights as an uninterrupted run (tolerance 1e-6; CPU, fixed seed)."""
     common = {"train": {"num_epochs": 3}, "dataset": {"batch_size": 4}}
-    straight = spec_file(small_squares, name="straight.yaml", results_dir=str(tmp_path / "straight"), **common)
+    straight = spec_file(
+        small_squares, name="straight.yaml", results_dir=str(tmp_path / "straight"), **common
+    )
     assert main(["-q", "train", "-e", str(straight)]) == 0
 
     killed = spec_file(small_squares, name="killed.yaml", results_dir=str(tmp_path / "killed"), **common)
@@ -94,13 +112,17 @@ def test_kill_and_resume_ends_with_the_same_weights(small_squares, spec_file, tm
     proc = subprocess.Popen([sys.executable, "-m", "rtdetr.cli", "-q", "train", "-e", str(killed)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 240
-    while not (results / "model_epoch_000.pth").exists() and proc.poll() is None and time.monotonic() < deadline:
+    while (
+        not (results / "model_epoch_000.pth").exists() and proc.poll() is None and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (results / "model_epoch_002.pth").exists()
-    assert not list(results.glob(".*.tmp")) or True  # a partial temporary file may remain; never a partial checkpoint
+    assert (
+        not list(results.glob(".*.tmp")) or True
+    )  # a partial temporary file may remain; never a partial checkpoint
     load_model(results / "rtdetr_model_latest.pth")  # the checkpoint on disk is complete
 
     assert main(["-q", "train", "-e", str(killed)]) == 0
@@ -144,7 +166,9 @@ def test_ddp_two_cpu_processes_match_one_process(squares, spec_file, tmp_path):
     common = {"train": {"num_epochs": 6, "validation_interval": 6, "checkpoint_interval": 6},
               "model": {"dn_number": 0}}  # fmt: skip
     one = spec_file(squares, name="one.yaml", results_dir=str(tmp_path / "one"), **common)
-    two = spec_file(squares, name="two.yaml", results_dir=str(tmp_path / "two"), dataset={"batch_size": 4}, **common)
+    two = spec_file(
+        squares, name="two.yaml", results_dir=str(tmp_path / "two"), dataset={"batch_size": 4}, **common
+    )
     single = _run("-q", "train", "-e", str(one))
     assert single.returncode == 0, single.stderr[-2000:]
     ddp = _run("-q", "train", "-e", str(two), "train.num_gpus=2", "train.gpu_ids=[0,1]")

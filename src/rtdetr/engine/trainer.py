@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -123,6 +124,10 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
     """Train as the spec says; checkpoints, logs and plots go to ``results_dir``."""
     t = cfg.train
     hardware = resolve_hardware(t)
+    if hardware.accelerator == "cpu" and hardware.world_size > 1:
+        # processes on one machine share its cores: oversubscribed OpenMP threads are very slow
+        per_node = hardware.world_size // hardware.num_nodes
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
     if t.seed >= 0:
         L.seed_everything(t.seed, workers=True, verbose=False)
     torch.backends.cudnn.benchmark = t.cudnn.benchmark
