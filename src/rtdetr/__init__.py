@@ -4,4 +4,13 @@ from rtdetr.config import load_spec
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_spec"]
+__all__ = ["__version__", "load_model", "load_spec"]
+
+
+def __getattr__(name: str):
+    # torch-heavy parts are imported on first use, so that `rtdetr --help` stays quick
+    if name == "load_model":
+        from rtdetr.checkpoint import load_model
+
+        return load_model
+    raise AttributeError(f"module 'rtdetr' has no attribute {name!r}")

@@ -94,6 +94,11 @@ class StatusCallback(L.Callback):
         self.status = status
         self._start = 0.0
         self._epoch_times: list[float] = []
+        self._validated_epoch = -1
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated_epoch = trainer.current_epoch
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.monotonic()
@@ -107,7 +112,7 @@ class StatusCallback(L.Callback):
         metrics = trainer.callback_metrics
         kpi = {"train_loss": _float(metrics.get("train_loss_epoch"))}
         for key in ("val_mAP", "val_mAP50", "val_loss"):
-            if key in metrics:
+            if key in metrics and self._validated_epoch == epoch:  # callback_metrics keep stale values
                 kpi[key] = _float(metrics[key])
         mean = sum(self._epoch_times) / len(self._epoch_times)
         self.status.write(

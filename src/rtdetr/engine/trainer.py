@@ -179,6 +179,7 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
         trainer.fit(module, data.train_loader, data.val_loader, ckpt_path=ckpt)
     if trainer.is_global_zero:
         plot_curves(results_dir / "logs" / "metrics.csv", results_dir / "plots")

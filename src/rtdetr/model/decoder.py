@@ -248,7 +248,8 @@ class RTDETRDecoder(nn.Module):
             return generate_anchors(spatial_shapes, device, dtype)
         key = (tuple(spatial_shapes), str(device), dtype)
         if key not in self._anchor_cache:
-            self._anchor_cache[key] = generate_anchors(spatial_shapes, device, dtype)
+            with torch.inference_mode(False):  # normal tensors: usable by autograd later on
+                self._anchor_cache[key] = generate_anchors(spatial_shapes, device, dtype)
         return self._anchor_cache[key]
 
     def _flatten_levels(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -292,12 +293,14 @@ class RTDETRDecoder(nn.Module):
         anchors, valid = self._anchors(shapes, memory.device, memory.dtype)
         output_memory = self.enc_output(valid.to(memory.dtype) * memory)
         enc_logits = self.enc_score_head(output_memory)
-        enc_coord_unact = self.enc_bbox_head(output_memory) + anchors
         topk = torch.topk(enc_logits.max(-1).values, self.num_queries, dim=1).indices
-        ref_unact = enc_coord_unact.gather(1, topk[..., None].expand(-1, -1, 4))
+        # the box head is row-wise: run it on the Q selected tokens only, not on all S
+        topk_memory = output_memory.gather(1, topk[..., None].expand(-1, -1, output_memory.shape[-1]))
+        topk_anchors = anchors.expand(topk.shape[0], -1, -1).gather(1, topk[..., None].expand(-1, -1, 4))
+        ref_unact = self.enc_bbox_head(topk_memory) + topk_anchors
         enc_topk_logits = enc_logits.gather(1, topk[..., None].expand(-1, -1, enc_logits.shape[-1]))
         enc_topk_boxes = ref_unact.sigmoid()
-        tgt = output_memory.gather(1, topk[..., None].expand(-1, -1, output_memory.shape[-1])).detach()
+        tgt = topk_memory.detach()
         attn_mask = None
         if dn is not None:
             ref_unact = torch.cat([dn.ref_unact, ref_unact], 1)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtdetr.model.layers import ConvNormLayer, get_activation
+from rtdetr.model.layers import ConvNormLayer, act_, add_, get_activation
 
 PE_ORDERS = ("w_major", "h_major")
 
@@ -95,8 +95,8 @@ class RepVggBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "conv"):
-            return self.act(self.conv(x))
-        return self.act(self.conv1(x) + self.conv2(x))
+            return act_(self.act, self.conv(x))
+        return act_(self.act, add_(self.conv1(x), self.conv2(x)))
 
     @torch.no_grad()
     def convert_to_deploy(self) -> None:
@@ -171,6 +171,7 @@ class HybridEncoder(nn.Module):
         self.num_encoder_layers = num_encoder_layers
         self.pe_temperature = pe_temperature
         self.pe_order = pe_order
+        self._pos_cache: dict[tuple, torch.Tensor] = {}
         self.out_channels = [hidden_dim] * num_levels
         self.out_strides = list(feat_strides)
 
@@ -203,6 +204,22 @@ class HybridEncoder(nn.Module):
             CSPRepLayer(2 * hidden_dim, hidden_dim, num_blocks, expansion, act) for _ in range(num_levels - 1)
         )
 
+    def _position_embedding(
+        self, h: int, w: int, c: int, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """AIFI position embedding [1, H*W, C] in `dtype`, cached per size/device/dtype (a plain dict,
+        not a buffer, so it never enters the state dict); recomputed when tracing or exporting."""
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return sincos_position_embedding(h, w, c, self.pe_temperature, self.pe_order, dtype).to(
+                device, dtype
+            )
+        key = (h, w, c, str(device), dtype, self.pe_temperature, self.pe_order)
+        if key not in self._pos_cache:
+            with torch.inference_mode(False):  # a normal tensor: usable by autograd later on
+                pos = sincos_position_embedding(h, w, c, self.pe_temperature, self.pe_order, dtype)
+                self._pos_cache[key] = pos.to(device, dtype)
+        return self._pos_cache[key]
+
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         if len(feats) != len(self.in_channels):
             raise ValueError(f"expected {len(self.in_channels)} feature maps, got {len(feats)}")
@@ -211,8 +228,8 @@ class HybridEncoder(nn.Module):
         if self.num_encoder_layers > 0:
             for encoder, idx in zip(self.encoder, self.use_encoder_idx):
                 b, c, h, w = proj[idx].shape
-                pos = sincos_position_embedding(h, w, c, self.pe_temperature, self.pe_order, proj[idx].dtype)
-                memory = encoder(proj[idx].flatten(2).transpose(1, 2), pos.to(proj[idx]))
+                pos = self._position_embedding(h, w, c, proj[idx].device, proj[idx].dtype)
+                memory = encoder(proj[idx].flatten(2).transpose(1, 2), pos)
                 proj[idx] = memory.transpose(1, 2).reshape(b, c, h, w)
 
         # top-down: the lateral conv output replaces the higher map; fuse it upsampled with the lower one

@@ -1,8 +1,10 @@
-"""Building blocks shared by the backbones and the encoder: activations, conv + norm, frozen BatchNorm."""
+"""Building blocks shared by the backbones and the encoder: activations, conv + norm, frozen BatchNorm,
+conv + norm fusion for deployment and an exact fast 3x3 stride-2 max pool."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _ACTIVATIONS = {
@@ -24,6 +26,26 @@ def get_activation(name: str | None) -> nn.Module:
     return _ACTIVATIONS[name]()
 
 
+def _inplace_ok() -> bool:
+    return not torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+
+
+def act_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`act(x)`, computed in place on `x` (a fresh intermediate the caller owns) when autograd is off;
+    the same values, one temporary less."""
+    if _inplace_ok():
+        if isinstance(act, nn.ReLU):
+            return F.relu_(x)
+        if isinstance(act, nn.SiLU):
+            return F.silu(x, inplace=True)
+    return act(x)
+
+
+def add_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """`x + y`, in place on `x` (a fresh intermediate the caller owns) when autograd is off."""
+    return x.add_(y) if _inplace_ok() and x.shape == torch.broadcast_shapes(x.shape, y.shape) else x + y
+
+
 class ConvNormLayer(nn.Module):
     """Conv2d (no bias, 'same' padding for odd kernels) -> BatchNorm2d -> activation."""
 
@@ -43,7 +65,13 @@ class ConvNormLayer(nn.Module):
         self.act = get_activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.conv(x)))
+        return act_(self.act, self.norm(self.conv(x)))
+
+    @torch.no_grad()
+    def convert_to_deploy(self) -> None:
+        """Fold the (eval-statistics) norm into the conv: `conv` gains a bias, `norm` becomes Identity."""
+        if not isinstance(self.norm, nn.Identity):
+            self.conv, self.norm = fuse_conv_norm(self.conv, self.norm), nn.Identity()
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -90,3 +118,52 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
         if new_child is not child:
             setattr(module, name, new_child)
     return module
+
+
+def is_norm2d(module: nn.Module) -> bool:
+    return isinstance(module, (nn.BatchNorm2d, FrozenBatchNorm2d))
+
+
+@torch.no_grad()
+def fuse_conv_norm(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
+    """A Conv2d (with bias) computing norm(conv(x)) with the norm's running (eval) statistics."""
+    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+    ).to(conv.weight.device, conv.weight.dtype)
+    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    fused.bias.copy_((bias - norm.running_mean) * scale + norm.bias)
+    fused.requires_grad_(conv.weight.requires_grad)
+    return fused
+
+
+@torch.no_grad()
+def fuse_sequential_conv_norms_(module: nn.Module) -> nn.Module:
+    """In every nn.Sequential inside `module`, fold each Conv2d directly followed by a BatchNorm2d or
+    FrozenBatchNorm2d into the conv (the norm becomes nn.Identity, so indices and names stay); in place."""
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:]):
+            conv, norm = seq._modules[a], seq._modules[b]
+            if isinstance(conv, nn.Conv2d) and is_norm2d(norm):
+                seq._modules[a], seq._modules[b] = fuse_conv_norm(conv, norm), nn.Identity()
+    return module
+
+
+def max_pool_3x3_s2(x: torch.Tensor) -> torch.Tensor:
+    """`F.max_pool2d(x, 3, stride=2, padding=1)`, bit-exact (max is exact), computed as maxima of strided
+    views: several times faster than ATen's CPU kernel for NCHW maps. Exported graphs use max_pool2d."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export() or x.dim() != 4:
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+    x = F.pad(x, [1, 1, 1, 1], value=float("-inf"))
+    x = torch.maximum(torch.maximum(x[:, :, :-2:2], x[:, :, 1:-1:2]), x[:, :, 2::2])
+    return torch.maximum(torch.maximum(x[..., :-2:2], x[..., 1:-1:2]), x[..., 2::2])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rtdetr.model.layers import fuse_sequential_conv_norms_
+
 
 class RTDETR(nn.Module):
     """Real-time DETR.
@@ -26,9 +28,16 @@ class RTDETR(nn.Module):
         return self.decoder(self.encoder(self.backbone(images)), targets)
 
     def deploy(self) -> RTDETR:
-        """Switch to eval mode and fuse re-parameterisable blocks (RepVGG) for inference; irreversible."""
+        """Switch to eval mode and fuse for inference; irreversible, and the state dict changes.
+
+        RepVGG blocks become one 3x3 conv, and every BatchNorm (also frozen) that follows a conv is
+        folded into that conv with its running statistics (the norm becomes nn.Identity). Outputs
+        are unchanged up to float rounding.
+        """
         self.eval()
-        for module in self.modules():
+        # pre-order: a block fuses its own branches before its children are visited
+        for module in list(self.modules()):
             if hasattr(module, "convert_to_deploy"):
                 module.convert_to_deploy()
+        fuse_sequential_conv_norms_(self)
         return self

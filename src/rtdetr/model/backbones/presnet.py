@@ -10,10 +10,16 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from rtdetr.model.layers import ConvNormLayer, freeze_batch_norm, get_activation
+from rtdetr.model.layers import (
+    ConvNormLayer,
+    act_,
+    add_,
+    freeze_batch_norm,
+    get_activation,
+    max_pool_3x3_s2,
+)
 
 DEPTHS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
 STAGE_WIDTHS = [64, 128, 256, 512]
@@ -48,7 +54,7 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.branch2b(self.branch2a(x))
-        return self.act(out + (x if self.shortcut else self.short(x)))
+        return act_(self.act, add_(out, x if self.shortcut else self.short(x)))
 
 
 class BottleNeck(nn.Module):
@@ -68,7 +74,7 @@ class BottleNeck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.branch2c(self.branch2b(self.branch2a(x)))
-        return self.act(out + (x if self.shortcut else self.short(x)))
+        return act_(self.act, add_(out, x if self.shortcut else self.short(x)))
 
 
 class Blocks(nn.Module):
@@ -128,7 +134,7 @@ class PResNet(nn.Module):
             freeze_batch_norm(self)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = F.max_pool2d(self.conv1(x), kernel_size=3, stride=2, padding=1)
+        x = max_pool_3x3_s2(self.conv1(x))
         outs = []
         for i, stage in enumerate(self.res_layers):
             x = stage(x)

@@ -11,11 +11,21 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from rtdetr.model.layers import freeze_batch_norm
+from rtdetr.model.layers import freeze_batch_norm, fuse_conv_norm, max_pool_3x3_s2
 
 DEPTHS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
 STAGE_WIDTHS = [64, 128, 256, 512]
 STAGE_STRIDES = [4, 8, 16, 32]
+
+
+@torch.no_grad()
+def _fuse_pairs_(module: nn.Module, pairs: Sequence[tuple[str, str]]) -> None:
+    """Fold each named norm into its named conv (eval statistics); the norm becomes nn.Identity."""
+    for conv_name, norm_name in pairs:
+        norm = getattr(module, norm_name)
+        if not isinstance(norm, nn.Identity):
+            setattr(module, conv_name, fuse_conv_norm(getattr(module, conv_name), norm))
+            setattr(module, norm_name, nn.Identity())
 
 
 def _conv(ch_in: int, ch_out: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
@@ -40,6 +50,9 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         return self.relu(out + identity)
 
+    def convert_to_deploy(self) -> None:
+        _fuse_pairs_(self, [("conv1", "bn1"), ("conv2", "bn2")])
+
 
 class Bottleneck(nn.Module):
     expansion = 4
@@ -61,6 +74,9 @@ class Bottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         identity = x if self.downsample is None else self.downsample(x)
         return self.relu(out + identity)
+
+    def convert_to_deploy(self) -> None:
+        _fuse_pairs_(self, [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")])
 
 
 class ResNet(nn.Module):
@@ -114,10 +130,14 @@ class ResNet(nn.Module):
             freeze_batch_norm(self)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = max_pool_3x3_s2(x) if isinstance(self.maxpool, nn.MaxPool2d) else self.maxpool(x)
         outs = []
         for i, name in enumerate(self.stage_names):
             x = getattr(self, name)(x)
             if i in self.return_idx:
                 outs.append(x)
         return outs
+
+    def convert_to_deploy(self) -> None:
+        _fuse_pairs_(self, [("conv1", "bn1")])

@@ -1,0 +1,21 @@
+"""`rtdetr quickstart` needs no user data: it trains on the shipped BCCD sample."""
+
+from rtdetr.cli import main
+from rtdetr.quickstart import sample_dir
+from rtdetr.status import read_status
+
+
+def test_sample_ships_with_its_license():
+    folder = sample_dir()
+    assert "MIT License" in (folder / "LICENSE").read_text()
+    assert len(list((folder / "images").glob("*.jpg"))) == 64
+
+
+def test_quickstart_trains_and_says_where_results_are(tmp_path, capsys):
+    assert main(["-q", "quickstart", "--results-dir", str(tmp_path / "qs"), "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    train_dir = tmp_path / "qs" / "train"
+    assert f"trained: {train_dir}" in out and "validation: mAP" in out
+    assert (train_dir / "model_epoch_000.pth").exists()
+    assert read_status(train_dir)[-1]["status"] == "SUCCESS"
+    assert (tmp_path / "qs" / "quickstart_spec.yaml").exists()

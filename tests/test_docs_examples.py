@@ -1,0 +1,20 @@
+"""Every example spec shipped in docs/ validates for its task."""
+
+from pathlib import Path
+
+import pytest
+
+import rtdetr
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
+TASK_OF = {"train_bccd.yaml": "train"}
+
+
+def test_every_example_has_a_task():
+    assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == sorted(TASK_OF)
+
+
+@pytest.mark.parametrize("name", sorted(TASK_OF))
+def test_example_spec_validates(name):
+    cfg = rtdetr.load_spec(EXAMPLES / name, action=TASK_OF[name])
+    assert cfg.dataset.num_classes >= 1
