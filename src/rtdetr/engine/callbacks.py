@@ -104,12 +104,12 @@ class StatusCallback(L.Callback):
         self._start = time.monotonic()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics  # on every rank: reading it runs the sync_dist collectives
         if not trainer.is_global_zero:
             return
         elapsed = time.monotonic() - self._start
         self._epoch_times.append(elapsed)
         epoch, max_epoch = trainer.current_epoch, trainer.max_epochs or 0
-        metrics = trainer.callback_metrics
         kpi = {"train_loss": _float(metrics.get("train_loss_epoch"))}
         for key in ("val_mAP", "val_mAP50", "val_loss"):
             if key in metrics and self._validated_epoch == epoch:  # callback_metrics keep stale values

@@ -26,6 +26,7 @@ from rtdetr.engine.ema import EMA
 from rtdetr.engine.hardware import resolve_hardware
 from rtdetr.engine.model_setup import enable_activation_checkpointing, freeze, load_pretrained_model
 from rtdetr.engine.module import DetectionModule
+from rtdetr.engine.sync_bn import convert_to_global_batchnorm
 from rtdetr.errors import UserError
 from rtdetr.loss import HungarianMatcher, RTDETRCriterion
 from rtdetr.status import StatusLogger
@@ -135,6 +136,8 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
 
     data = build_training_data(cfg, results_dir, world_size=hardware.world_size)
     module = build_module(cfg, data)
+    if hardware.accelerator == "cpu" and hardware.world_size > 1:
+        convert_to_global_batchnorm(module.model)  # SyncBatchNorm's equivalent on the CPU
 
     ema = (
         EMA(t.ema.decay, t.ema.every_n_steps, t.ema.validate_original_weights, t.ema.cpu_offload)
@@ -179,6 +182,7 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+        warnings.filterwarnings("ignore", message=".*It is recommended to use `self.log\\('val_mAP.*")
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
         trainer.fit(module, data.train_loader, data.val_loader, ckpt_path=ckpt)
     if trainer.is_global_zero:
