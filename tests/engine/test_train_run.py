@@ -35,16 +35,14 @@ def _final_kpi(results: Path) -> dict:
 
 
 def test_small_model_learns_with_tao_outputs(squares, spec_file, tmp_path):
-    """A small RT-DETR reaches an mAP50 far above chance (~0) in a few epochs on this CPU."""
+    """A small RT-DETR reaches an mAP50 far above chance (~0) in 8 epochs (about a minute on an
+    idle 2-core CPU; timed in docs/benchmarks.md, not here)."""
     spec = spec_file(squares, train={"num_epochs": 8, "checkpoint_interval": 4, "validation_interval": 2})
-    start = time.monotonic()
     assert main(["-q", "train", "-e", str(spec)]) == 0
-    elapsed = time.monotonic() - start
     results = tmp_path / "results" / "train"
 
     kpi = _final_kpi(results)
     assert kpi["val_mAP50"] > 0.3, kpi
-    assert elapsed < 180, f"training took {elapsed:.0f} s"
 
     # TAO's checkpoint names (0-based epochs, every checkpoint_interval), the latest link
     assert sorted(p.name for p in results.glob("model_epoch_*.pth")) == [
