@@ -49,13 +49,17 @@ def test_global_batchnorm_matches_one_big_batch():
     grad = torch.cat([results[0][1], results[1][1]])
     assert torch.allclose(out, ref(x.clone()).detach() if False else torch.cat(parts).detach(), atol=1e-5)
     assert torch.allclose(grad, full.grad, atol=1e-4)
-    assert torch.allclose(results[0][2] + results[1][2], ref.weight.grad, atol=1e-3)  # DDP sums (averages) these
+    assert torch.allclose(
+        results[0][2] + results[1][2], ref.weight.grad, atol=1e-3
+    )  # DDP sums (averages) these
     assert torch.allclose(results[0][3], ref.running_mean, atol=1e-6)
     assert torch.allclose(results[0][4], ref.running_var, atol=1e-5)
 
 
 def test_convert_keeps_state_and_skips_other_norms():
-    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm2d(4)), nn.LayerNorm(4))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm2d(4)), nn.LayerNorm(4)
+    )
     net[1].running_mean.fill_(0.5)
     convert_to_global_batchnorm(net)
     assert type(net[1]) is GlobalBatchNorm2d and type(net[2][0]) is GlobalBatchNorm2d

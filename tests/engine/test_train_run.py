@@ -21,7 +21,7 @@ from rtdetr.status import read_status
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "rtdetr.cli", *args], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "rtdetr.cli", *args], capture_output=True, text=True, env=env, timeout=900
     )
 
 
