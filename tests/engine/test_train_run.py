@@ -125,6 +125,7 @@ def test_kill_and_resume_ends_with_the_same_weights(small_squares, spec_file, tm
 
     assert main(["-q", "train", "-e", str(killed)]) == 0
     assert any("Resuming training" in s["message"] for s in read_status(results))
+    assert list((results / "logs").glob("metrics.part01.csv"))  # the metrics before the kill are kept
     a = read_checkpoint(tmp_path / "straight" / "train" / "model_epoch_002.pth")["state_dict"]
     b = read_checkpoint(results / "model_epoch_002.pth")["state_dict"]
     assert a.keys() == b.keys()

@@ -74,6 +74,8 @@ class TAOCheckpoint(L.Callback):
         if trainer.sanity_checking or getattr(trainer, "_rtdetr_dry_run", False):
             return
         path = self.results_dir / checkpoint_name(epoch)
+        for logger in trainer.loggers:  # the logs on disk reach as far as the checkpoint
+            logger.save()
         if self.ema is not None and self.ema.weights is not None:
             # the twin first, so that the latest link never points at a checkpoint without its twin
             with self.ema.swapped(pl_module):
@@ -135,25 +137,27 @@ def _hms(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def plot_curves(metrics_csv: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
-    """PNG plots of the loss and mAP curves per epoch from Lightning's metrics.csv."""
+def plot_curves(metrics_csvs: list[str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:
+    """PNG plots of the loss and mAP curves per epoch from Lightning's metrics CSV files (the parts
+    of a resumed run, oldest first; later values win)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics_csv, out_dir = Path(metrics_csv), Path(out_dir)
-    if not metrics_csv.exists():
-        return []
+    out_dir = Path(out_dir)
     series: dict[str, dict[int, float]] = {}
-    with metrics_csv.open() as fh:
-        for row in csv.DictReader(fh):
-            if not row.get("epoch"):
-                continue
-            epoch = int(float(row["epoch"]))
-            for key in ("train_loss_epoch", "val_loss", "val_mAP", "val_mAP50"):
-                if row.get(key):
-                    series.setdefault(key, {})[epoch] = float(row[key])
+    for metrics_csv in map(Path, metrics_csvs):
+        if not metrics_csv.exists():
+            continue
+        with metrics_csv.open() as fh:
+            for row in csv.DictReader(fh):
+                if not row.get("epoch"):
+                    continue
+                epoch = int(float(row["epoch"]))
+                for key in ("train_loss_epoch", "val_loss", "val_mAP", "val_mAP50"):
+                    if row.get(key):
+                        series.setdefault(key, {})[epoch] = float(row[key])
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, keys, ylabel in (

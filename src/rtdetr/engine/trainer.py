@@ -121,6 +121,14 @@ def _loggers(cfg: ExperimentConfig, results_dir: Path) -> list:
     return loggers
 
 
+def _keep_previous_metrics(log_dir: Path) -> None:
+    """Lightning's CSV logger starts metrics.csv afresh: keep the earlier part of a resumed run."""
+    current = log_dir / "metrics.csv"
+    if current.exists():
+        part = 1 + len(list(log_dir.glob("metrics.part*.csv")))
+        current.rename(log_dir / f"metrics.part{part:02d}.csv")
+
+
 def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> DetectionModule:
     """Train as the spec says; checkpoints, logs and plots go to ``results_dir``."""
     t = cfg.train
@@ -179,6 +187,7 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
     if ckpt is not None:
         log.info("resuming from %s", ckpt)
         status.write("RUNNING", f"Resuming training from {ckpt}.")
+        _keep_previous_metrics(results_dir / "logs")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*The number of training batches.*")
@@ -186,5 +195,6 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
         trainer.fit(module, data.train_loader, data.val_loader, ckpt_path=ckpt)
     if trainer.is_global_zero:
-        plot_curves(results_dir / "logs" / "metrics.csv", results_dir / "plots")
+        logs = results_dir / "logs"
+        plot_curves([*sorted(logs.glob("metrics.part*.csv")), logs / "metrics.csv"], results_dir / "plots")
     return module
