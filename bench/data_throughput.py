@@ -15,7 +15,8 @@ Per size it measures, in one process:
 3. pipeline (unless --no-pipeline): the same training steps fed by the loader while its workers
    run, i.e. what a training epoch sees when loader and model share the machine's cores.
 
-Peak memory: the main process' ru_maxrss, the workers' ru_maxrss (RUSAGE_CHILDREN, the largest
+Each size runs in a fresh subprocess. Peak memory: the main process' ru_maxrss (loader pass, then
+after the model steps), the workers' ru_maxrss (RUSAGE_CHILDREN, the largest
 worker) and, sampled every 50 ms, the summed PSS and RSS of the main process and its workers during
 the loader pass (PSS counts pages shared by the forked workers once).
 
@@ -33,6 +34,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -262,6 +264,25 @@ def bench_size(size: int, args: argparse.Namespace) -> dict:
     return result
 
 
+def run_one_size(size: int, argv: list[str]) -> dict:
+    """This script for one size in a subprocess; its result."""
+    drop, rest = {"--sizes", "--out"}, []
+    skip = False
+    for a in argv:
+        if a.split("=", 1)[0] in drop:
+            skip = "=" not in a
+            continue
+        if skip and not a.startswith("--"):
+            continue
+        skip = False
+        rest.append(a)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "one.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), *rest, "--sizes", str(size), "--out", str(out)]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())["results"][0]
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -276,7 +297,7 @@ def markdown_table(results: list[dict], args: argparse.Namespace) -> str:
     lines = [
         f"| size | loader images/s ({args.workers} workers) | first batch s | model images/s (train step) "
         "| loader / model | pipeline images/s (wait/step s) | peak PSS MB main+workers (RSS) "
-        "| ru_maxrss MB main / worker |",
+        "| ru_maxrss MB main: loader pass / +training; largest worker |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -287,7 +308,7 @@ def markdown_table(results: list[dict], args: argparse.Namespace) -> str:
             f"| {r['size']}x{r['size']} b{args.batch} | {ld['images_per_s']:.1f} | {ld['first_batch_s']:.2f} "
             f"| {m['images_per_s']:.2f} | **{r['loader_over_model']:.1f}x** | {pipe} "
             f"| {ld['peak_pss_mb_main_plus_workers']:.0f} ({ld['peak_rss_mb_main_plus_workers']:.0f}) "
-            f"| {r['main_maxrss_mb_after_training']:.0f} / {ld['worker_maxrss_mb']:.0f} |"
+            f"| {ld['main_maxrss_mb']:.0f} / {r['main_maxrss_mb_after_training']:.0f}; {ld['worker_maxrss_mb']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -322,7 +343,12 @@ def main(argv: list[str] | None = None) -> int:
         f"batch {args.batch}, workers {args.workers}, {args.dataset_type}, sizes {args.sizes}",
         file=sys.stderr,
     )
-    results = [bench_size(size, args) for size in args.sizes]
+    if len(args.sizes) == 1:
+        results = [bench_size(args.sizes[0], args)]
+    else:  # one fresh process per size: ru_maxrss is per process lifetime, and forked workers
+        results = []  # would inherit the previous size's model
+        for size in args.sizes:
+            results.append(run_one_size(size, argv if argv is not None else sys.argv[1:]))
     print(markdown_table(results, args))
     report = {
         "benchmark": "data_throughput",
