@@ -1,10 +1,6 @@
 """wandb logging in offline mode works without a network."""
 
-import pytest
-
 from rtdetr.cli import main
-
-wandb = pytest.importorskip("wandb")  # the `wandb` extra; installed with `dev`
 
 
 def test_wandb_offline_run_is_written_locally(small_squares, spec_file, tmp_path, monkeypatch):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-transformers = pytest.importorskip("transformers")
 from transformers import RTDetrConfig  # noqa: E402
 from transformers.loss.loss_rt_detr import RTDetrHungarianMatcher, RTDetrLoss  # noqa: E402
 

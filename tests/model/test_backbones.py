@@ -74,7 +74,8 @@ def test_plain_resnet_reports_unmatched_keys(caplog):
 
 
 def test_timm_resnet_names_load():
-    timm = pytest.importorskip("timm")
+    import timm
+
     state = timm.create_model("resnet18", pretrained=False).state_dict()
     report = load_pretrained_backbone(build_backbone("resnet_18", [1, 2, 3]), state)
     assert report.missing == [] and report.mismatched == []

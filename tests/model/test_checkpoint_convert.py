@@ -8,15 +8,13 @@ import inspect
 
 import pytest
 import torch
+from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrResNetConfig  # noqa: E402
 
 from rtdetr.checkpoint import ModelMetadata, load_model, save_checkpoint
 from rtdetr.cli import main
 from rtdetr.config.schema import ModelConfig
 from rtdetr.errors import UserError
 from rtdetr.model import build_model
-
-transformers = pytest.importorskip("transformers")
-from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrResNetConfig  # noqa: E402
 
 # Fields of the model section that are not architecture: they configure the loss, training,
 # distillation or post-processing, and are read there.

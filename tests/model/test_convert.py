@@ -43,7 +43,8 @@ def test_unknown_transformers_keys_are_listed():
 
 
 def test_unsupported_transformers_config_lists_every_problem():
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     config = transformers.RTDetrConfig(normalize_before=True, learn_initial_query=True)
     with pytest.raises(ValueError) as error:
         model_args_from_hf_config(config)

@@ -16,8 +16,6 @@ import copy
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
-
-transformers = pytest.importorskip("transformers")
 from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrResNetConfig  # noqa: E402
 from transformers.models.rt_detr.image_processing_rt_detr import RTDetrImageProcessor  # noqa: E402
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import io
 
-import pytest
+import onnx
+import onnxruntime as ort
 import torch
-
-ort = pytest.importorskip("onnxruntime")
-onnx = pytest.importorskip("onnx")
 
 
 def test_onnx_export_with_dynamic_sizes_matches_pytorch(tiny_model):
