@@ -170,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         "--results-dir", type=Path, default=DEFAULT_RESULTS, help="spec results_dir (emptied first)"
     )
     parser.add_argument("--rtdetr", default=None, help="the CLI to run (default: rtdetr beside this python)")
+    parser.add_argument(
+        "--parse-only",
+        action="store_true",
+        help="do not train: read the run already in --results-dir (e.g. one stopped early)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("overrides", nargs="*", help="extra dotted overrides passed to rtdetr train")
     args = parser.parse_args(argv)
@@ -184,23 +189,26 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import yaml
 
-    if args.results_dir.exists():
-        shutil.rmtree(args.results_dir)
     train_dir = args.results_dir / "train"
-    args.results_dir.mkdir(parents=True)
     spec_path = args.results_dir / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(make_spec(args, train_dir), sort_keys=False))
     cmd = [cli, "train", "-e", str(spec_path), *args.overrides]
     train_images = count_images(args.data / "annotations/instances_train.json")
     steps_per_epoch = train_images // args.batch  # the training loader drops the last partial batch
-    print(f"running: {' '.join(cmd)} (log: {args.results_dir / 'train.log'})", file=sys.stderr)
-    start = time.perf_counter()
-    with (args.results_dir / "train.log").open("w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = (args.results_dir / "train.log").read_text().splitlines()[-20:]
-        raise SystemExit(f"rtdetr train failed ({proc.returncode}):\n" + "\n".join(tail))
+    if args.parse_only:
+        wall = None
+    else:
+        if args.results_dir.exists():
+            shutil.rmtree(args.results_dir)
+        args.results_dir.mkdir(parents=True)
+        spec_path.write_text(yaml.safe_dump(make_spec(args, train_dir), sort_keys=False))
+        print(f"running: {' '.join(cmd)} (log: {args.results_dir / 'train.log'})", file=sys.stderr)
+        start = time.perf_counter()
+        with (args.results_dir / "train.log").open("w") as log:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            tail = (args.results_dir / "train.log").read_text().splitlines()[-20:]
+            raise SystemExit(f"rtdetr train failed ({proc.returncode}):\n" + "\n".join(tail))
 
     from rtdetr.status import read_status
 
@@ -234,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     best = max((r for r in rows if r.get("val_mAP") is not None), key=lambda r: r["val_mAP"], default=None)
     summary = {
         "epochs": args.epochs,
+        "epochs_completed": len(rows),
         "wall_s": wall,
         "steps_per_epoch": steps_per_epoch,
         "best_val_mAP": best and best["val_mAP"],
@@ -243,9 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     train_rates = [r["images_per_s_train"] for r in rows if r.get("images_per_s_train")]
     if train_rates:
         summary["median_images_per_s_train"] = sorted(train_rates)[len(train_rates) // 2]
+    took = "" if wall is None else f" in {wall / 60:.1f} min (wall, incl. start-up)"
     print(
-        f"\n{args.epochs} epochs in {wall / 60:.1f} min (wall, incl. start-up); best val_mAP "
-        f"{summary['best_val_mAP']}, best val_mAP50 {summary['best_val_mAP50']}; status {summary['final_status']}"
+        f"\n{len(rows)} of {args.epochs} epochs{took}; best val_mAP {summary['best_val_mAP']}, "
+        f"best val_mAP50 {summary['best_val_mAP50']}; final status {summary['final_status']}"
     )
     report = {
         "benchmark": "train_bccd",
