@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import cpu_name
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "data_throughput.json"
 DEFAULT_DATA = Path("/work/shared/datasets/bccd")
@@ -281,16 +282,6 @@ def run_one_size(size: int, argv: list[str]) -> dict:
         cmd = [sys.executable, str(Path(__file__).resolve()), *rest, "--sizes", str(size), "--out", str(out)]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())["results"][0]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def markdown_table(results: list[dict], args: argparse.Namespace) -> str:

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import cpu_name
 from torch import nn
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "model_latency.json"
@@ -181,16 +182,6 @@ def bench_model(name: str, size: tuple[int, int], warmup: int, iters: int, tol: 
         "parameters_m": sum(p.numel() for p in models["ours_eager"].parameters()) / 1e6,
         "variants": stats,
     }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def markdown_table(results: list[dict]) -> str:

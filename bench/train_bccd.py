@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import cpu_name
+
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "train_bccd.json"
 DEFAULT_DATA = Path("/work/shared/datasets/bccd")
 DEFAULT_RESULTS = Path("/tmp/rtdetr_bench_bccd")
@@ -117,16 +119,6 @@ def split_epochs(events: dict, epochs: int, steps_per_epoch: int) -> list[dict]:
                 item["val_s"] = val[e] - own[-1]
         out.append(item)
     return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def count_images(json_file: Path) -> int:

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import cpu_name
 from torch import nn
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "train_throughput.json"
@@ -314,16 +315,6 @@ def bench_size(size: int, args: argparse.Namespace) -> dict:
         "ratio_ours_vs_transformers": ratio,
         "sides": sides,
     }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def markdown_table(results: list[dict], batch: int) -> str:
