@@ -61,7 +61,11 @@ def test_convert_keeps_state_and_skips_other_norms():
         nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm2d(4)), nn.LayerNorm(4)
     )
     net[1].running_mean.fill_(0.5)
+    net[1].requires_grad_(False)  # frozen (train.freeze, model.train_backbone: false) stays frozen
+    weight = net[1].weight
     convert_to_global_batchnorm(net)
+    assert net[1].weight is weight and not net[1].weight.requires_grad and not net[1].bias.requires_grad
+    assert net[2][0].weight.requires_grad
     assert type(net[1]) is GlobalBatchNorm2d and type(net[2][0]) is GlobalBatchNorm2d
     assert type(net[3]) is nn.LayerNorm
     assert torch.all(net[1].running_mean == 0.5)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from synthetic import make_dataset  # tests/engine, on the path via conftest
 
 import rtdetr
 from rtdetr.checkpoint import load_model, read_checkpoint
@@ -157,14 +158,69 @@ def test_nan_loss_stops_with_epoch_and_step(small_squares, spec_file, tmp_path, 
     assert last["status"] == "FAILURE" and last["message"].startswith("Training diverged: ")
 
 
-def test_ddp_two_cpu_processes_match_one_process(squares, spec_file, tmp_path):
-    """2 processes (gloo) x batch 4 against 1 process x batch 8, same seed and data order.
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return {k: v.double() for k, v in read_checkpoint(path)["state_dict"].items() if v.is_floating_point()}
 
-    Batches, augmentation, loss normalisation and (global) BatchNorm statistics are the same, and
-    the first step's gradients agree to ~1e-5. Float summation order still differs, and Adam turns
-    that noise in near-zero gradients into full-size updates, so the runs drift apart like two
-    seeds: the validation mAP50 after 6 epochs agrees within 0.1 (stated tolerance)."""
-    common = {"train": {"num_epochs": 6, "validation_interval": 6, "checkpoint_interval": 6},
+
+def test_ddp_step_equals_one_process_step(tmp_path, spec_file):
+    """One SGD step of 2 processes (gloo) x batch 4 equals one step of 1 process x batch 8.
+
+    Both start from the same saved weights and see the same 8 images: data sharding, gradient
+    averaging, the loss normalised by the target count across ranks and the global BatchNorm
+    statistics must together give the single-process update, up to the float summation order: the
+    updates agree to 1e-4 of their size (stated tolerance; measured 6e-6). The backbone is frozen
+    (its BatchNorm statistics still update): its max pooling sends a gradient to the arg-max of each
+    window, and float-order noise flips near-ties there, which alone moves backbone gradients by
+    ~1e-3 between two float32 runs."""
+    from rtdetr.checkpoint import ModelMetadata, build_from_metadata, save_checkpoint
+
+    data = tmp_path / "eight"
+    make_dataset(data, "train", 8, seed=4)
+    make_dataset(data, "val", 4, seed=5)
+    common = {
+        "train": {"num_epochs": 1, "clip_grad_norm": 0.0,
+                  "optim": {"optimizer": "SGD", "lr": 0.05, "lr_backbone": 0.05, "momentum": 0.0}},
+        "model": {"dn_number": 0, "train_backbone": False},
+    }  # fmt: skip
+    one = spec_file(data, name="one.yaml", results_dir=str(tmp_path / "one"), **common)
+    spec = rtdetr.load_spec(one)
+    meta = ModelMetadata(model=rtdetr.config.spec_to_dict(spec.model), num_classes=spec.dataset.num_classes)
+    torch.manual_seed(0)
+    start = save_checkpoint(tmp_path / "start.pth", build_from_metadata(meta), meta)
+    two = spec_file(
+        data, name="two.yaml", results_dir=str(tmp_path / "two"), dataset={"batch_size": 4}, **common
+    )
+    init = f"train.pretrained_model_path={start}"
+    single = _run("-q", "train", "-e", str(one), init)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = _run("-q", "train", "-e", str(two), init, "train.num_gpus=2", "train.gpu_ids=[0,1]")
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+
+    w0 = _weights(start)
+    w1 = _weights(tmp_path / "one" / "train" / "model_epoch_000.pth")
+    w2 = _weights(tmp_path / "two" / "train" / "model_epoch_000.pth")
+    assert w0.keys() == w1.keys() == w2.keys()
+    params = [k for k in w0 if "running_" not in k]
+    step = torch.cat([(w1[k] - w0[k]).flatten() for k in params])
+    diff = torch.cat([(w2[k] - w1[k]).flatten() for k in params])
+    assert step.norm() > 1e-3  # the step moved the weights
+    assert diff.norm() <= 1e-4 * step.norm(), (diff.norm().item(), step.norm().item())
+    stats = [k for k in w0 if "running_" in k]  # BatchNorm statistics of the whole global batch
+    worst = max((w2[k] - w1[k]).abs().max().item() for k in stats)
+    assert worst <= 1e-4, worst
+    status = read_status(tmp_path / "two" / "train")
+    assert sum(s["status"] == "STARTED" for s in status) == 1  # rank 0 only
+
+
+def test_ddp_two_cpu_processes_reach_the_metrics_of_one_process(squares, spec_file, tmp_path):
+    """2 processes (gloo) x batch 4 against 1 process x batch 8, same seed, data order and schedule.
+
+    The first step is the same up to float summation order (test above). Over many steps that
+    noise flips Hungarian assignments and the runs drift apart like two seeds, so the validation
+    mAP50 after 8 epochs (lr decayed after 6) is compared within 0.15 (stated tolerance; measured
+    differences 0.07-0.12)."""
+    common = {"train": {"num_epochs": 8, "validation_interval": 8, "checkpoint_interval": 8,
+                        "optim": {"lr_steps": [6], "lr_decay": 0.1}},
               "model": {"dn_number": 0}}  # fmt: skip
     one = spec_file(squares, name="one.yaml", results_dir=str(tmp_path / "one"), **common)
     two = spec_file(
@@ -175,7 +231,5 @@ def test_ddp_two_cpu_processes_match_one_process(squares, spec_file, tmp_path):
     ddp = _run("-q", "train", "-e", str(two), "train.num_gpus=2", "train.gpu_ids=[0,1]")
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     a, b = _final_kpi(tmp_path / "one" / "train"), _final_kpi(tmp_path / "two" / "train")
-    assert a["val_mAP50"] > 0.2 and b["val_mAP50"] > 0.2, (a, b)
-    assert abs(a["val_mAP50"] - b["val_mAP50"]) <= 0.1, (a, b)
-    status = read_status(tmp_path / "two" / "train")
-    assert sum(s["status"] == "STARTED" for s in status) == 1  # rank 0 only
+    assert a["val_mAP50"] > 0.4 and b["val_mAP50"] > 0.4, (a, b)
+    assert abs(a["val_mAP50"] - b["val_mAP50"]) <= 0.15, (a, b)

@@ -187,4 +187,3 @@ class DetectionModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rtdetr"] = self.metadata.to_dict()
-
