@@ -134,6 +134,31 @@ def test_kill_and_resume_ends_with_the_same_weights(small_squares, spec_file, tm
     assert worst <= 1e-6, worst
 
 
+def test_sigterm_stops_with_a_failure_line_and_status_143(small_squares, spec_file, tmp_path):
+    """A cluster's pre-emption (SIGTERM) stops training at the next step: FAILURE "Interrupted: ..."
+    in status.json, exit status 143, the checkpoints intact, and the same command resumes."""
+    spec = spec_file(small_squares, train={"num_epochs": 30}, dataset={"batch_size": 4})
+    results = tmp_path / "results" / "train"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rtdetr.cli", "-q", "train", "-e", str(spec)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (results / "model_epoch_000.pth").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "error: SIGTERM received during epoch" in err
+    last = read_status(results)[-1]
+    assert last["status"] == "FAILURE" and last["message"].startswith("Interrupted: SIGTERM received"), last
+    assert "resume from" in last["message"]
+    assert not (results / "model_epoch_029.pth").exists()
+    load_model(results / "rtdetr_model_latest.pth")
+
+
 def test_nan_loss_stops_with_epoch_and_step(small_squares, spec_file, tmp_path, monkeypatch):
     import rtdetr.engine.module as module
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from rtdetr import __version__
 from rtdetr.checkpoint import ModelMetadata, build_from_metadata
@@ -32,6 +33,13 @@ from rtdetr.loss import HungarianMatcher, RTDETRCriterion
 from rtdetr.status import StatusLogger
 
 log = logging.getLogger(__name__)
+
+
+class TrainingTerminated(UserError):
+    """SIGTERM (a cluster's pre-emption or `kill`) stopped training at the next step."""
+
+    kind = "Interrupted"
+    exit_code = 143  # 128 + SIGTERM, as a process killed by it
 
 
 def build_criterion(model_cfg, num_classes: int) -> RTDETRCriterion:
@@ -193,7 +201,17 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
         warnings.filterwarnings("ignore", message=".*The number of training batches.*")
         warnings.filterwarnings("ignore", message=".*It is recommended to use `self.log\\('val_mAP.*")
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-        trainer.fit(module, data.train_loader, data.val_loader, ckpt_path=ckpt)
+        try:
+            trainer.fit(module, data.train_loader, data.val_loader, ckpt_path=ckpt)
+        except SIGTERMException as exc:  # Lightning stops at the next step and raises SystemExit(0)
+            latest = latest_checkpoint(results_dir)
+            resume = (
+                f"run the same command to resume from {latest}" if latest else "no checkpoint was written yet"
+            )
+            raise TrainingTerminated(
+                f"SIGTERM received during epoch {trainer.current_epoch} (step {trainer.global_step}); training "
+                f"stopped, the checkpoints written so far are intact; {resume}"
+            ) from exc
     if trainer.is_global_zero:
         logs = results_dir / "logs"
         plot_curves([*sorted(logs.glob("metrics.part*.csv")), logs / "metrics.csv"], results_dir / "plots")
