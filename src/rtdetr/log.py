@@ -39,6 +39,14 @@ def setup_logging(level: int = logging.INFO) -> None:
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
-    # Lightning's banners (GPU/TPU available, tips) only at --verbose
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
+    quiet_lightning()
+
+
+def quiet_lightning() -> None:
+    """Lightning's banners (GPU/TPU available, tips) only at --verbose. Importing Lightning resets its
+    logger to INFO, so the engine calls this again once Lightning is imported."""
+    level = (
+        logging.DEBUG if logging.getLogger("rtdetr").getEffectiveLevel() <= logging.DEBUG else logging.WARNING
+    )
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(level)

@@ -196,13 +196,3 @@ def test_eval_sampler_pads_last_batch_for_ranks(monkeypatch):
     monkeypatch.setattr(sampling, "_rank_world", lambda w: (1, 2))
     batches = list(EpochBatchSampler(5, 2, shuffle=False, drop_last=False, world_size=2))
     assert [[k[0] for k in b] for b in batches] == [[2, 3], [1, 2]]  # the last global batch [4, pad 0, 1, 2]
-
-
-def test_ctrl_c_records_an_interrupted_failure(tmp_path):
-    from rtdetr.engine.callbacks import StatusCallback
-    from rtdetr.status import StatusLogger, read_status
-
-    callback = StatusCallback(StatusLogger(tmp_path, enabled=True))
-    callback.on_exception(types.SimpleNamespace(is_global_zero=True), None, KeyboardInterrupt())
-    (line,) = read_status(tmp_path)
-    assert line["status"] == "FAILURE" and line["message"].startswith("Interrupted: ")

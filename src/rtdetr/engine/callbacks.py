@@ -102,16 +102,6 @@ class StatusCallback(L.Callback):
         if not trainer.sanity_checking:
             self._validated_epoch = trainer.current_epoch
 
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        # Lightning turns Ctrl+C into sys.exit(1) after this hook: record it here
-        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
-            self.status.write(
-                "FAILURE",
-                "Interrupted: training stopped by the user; the checkpoints written so far are intact",
-            )
-
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.monotonic()
 

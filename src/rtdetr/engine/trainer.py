@@ -29,6 +29,7 @@ from rtdetr.engine.model_setup import enable_activation_checkpointing, freeze, l
 from rtdetr.engine.module import DetectionModule
 from rtdetr.engine.sync_bn import convert_to_global_batchnorm
 from rtdetr.errors import UserError
+from rtdetr.log import quiet_lightning
 from rtdetr.loss import HungarianMatcher, RTDETRCriterion
 from rtdetr.status import StatusLogger
 
@@ -140,6 +141,7 @@ def _keep_previous_metrics(log_dir: Path) -> None:
 def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> DetectionModule:
     """Train as the spec says; checkpoints, logs and plots go to ``results_dir``."""
     t = cfg.train
+    quiet_lightning()
     hardware = resolve_hardware(t)
     if hardware.accelerator == "cpu" and hardware.world_size > 1:
         # processes on one machine share its cores: oversubscribed OpenMP threads are very slow
@@ -203,7 +205,11 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
         try:
             trainer.fit(module, data.train_loader, data.val_loader, ckpt_path=ckpt)
-        except SIGTERMException as exc:  # Lightning stops at the next step and raises SystemExit(0)
+        except SystemExit as exc:  # how Lightning ends a run stopped by a signal
+            if not isinstance(exc, SIGTERMException):
+                if trainer.interrupted:  # Ctrl+C: Lightning exits 1 silently; here 130 and a status line
+                    raise KeyboardInterrupt from exc
+                raise
             latest = latest_checkpoint(results_dir)
             resume = (
                 f"run the same command to resume from {latest}" if latest else "no checkpoint was written yet"

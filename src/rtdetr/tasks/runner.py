@@ -48,7 +48,9 @@ def run_task(task: str, cfg: ExperimentConfig) -> Path:
         status.write("FAILURE", f"{exc.kind}: {exc}")
         raise
     except KeyboardInterrupt:
-        status.write("FAILURE", "Interrupted: stopped by the user")
+        status.write(
+            "FAILURE", f"Interrupted: {task} stopped by the user (Ctrl+C); files written so far are intact"
+        )
         raise
     except Exception as exc:
         status.write("FAILURE", f"{type(exc).__name__}: {exc}")
