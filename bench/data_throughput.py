@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -42,10 +41,18 @@ import time
 from pathlib import Path
 
 import torch
-from common import cpu_name
+from common import (
+    argument_parser,
+    bccd_sources,
+    check_bccd,
+    command_line,
+    cpu_name,
+    engine_optimizer,
+    machine,
+    write_report,
+)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "data_throughput.json"
-DEFAULT_DATA = Path("/work/shared/datasets/bccd")
 NUM_CLASSES = 4  # BCCD categories 1..3 are logit indices
 
 
@@ -56,16 +63,7 @@ def spec(data: Path, size: int, args: argparse.Namespace):
         {
             "model": {"backbone": "resnet_18vd", "expansion": 0.5, "dec_layers": 3, "hidden_dim": 256},
             "dataset": {
-                "train_data_sources": [
-                    {
-                        "image_dir": str(data / "images"),
-                        "json_file": str(data / "annotations/instances_train.json"),
-                    }
-                ],
-                "val_data_sources": {
-                    "image_dir": str(data / "images"),
-                    "json_file": str(data / "annotations/instances_val.json"),
-                },
+                **bccd_sources(data),
                 "num_classes": NUM_CLASSES,
                 "batch_size": args.batch,
                 "workers": args.workers,
@@ -159,7 +157,6 @@ def build_trainee(cfg):
     """The r18vd model, criterion and optimizer as the engine builds them."""
     from rtdetr.checkpoint import ModelMetadata, build_from_metadata
     from rtdetr.config import spec_to_dict
-    from rtdetr.engine.optim import build_optimizer, param_groups
     from rtdetr.engine.trainer import build_criterion
 
     meta = ModelMetadata(
@@ -170,16 +167,7 @@ def build_trainee(cfg):
         input_size=list(cfg.dataset.augmentation.eval_spatial_size),
     )
     model = build_from_metadata(meta).train()
-    o = cfg.train.optim
-    groups = param_groups(
-        model, lr=o.lr, lr_backbone=o.lr_backbone, weight_decay=o.weight_decay,
-        backbone_names=cfg.model.backbone_names, linear_proj_names=cfg.model.linear_proj_names,
-        lr_linear_proj_mult=o.lr_linear_proj_mult,
-    )  # fmt: skip
-    optimizer = build_optimizer(
-        groups, optimizer=o.optimizer, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
-    )
-    return model, build_criterion(cfg.model, NUM_CLASSES), optimizer
+    return model, build_criterion(cfg.model, NUM_CLASSES), engine_optimizer(model, cfg)
 
 
 def train_step(model, criterion, optimizer, images, targets) -> None:
@@ -305,10 +293,7 @@ def markdown_table(results: list[dict], args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BCCD root (images/, annotations/)")
+    parser = argument_parser(__doc__, bccd=True)
     parser.add_argument("--sizes", type=int, nargs="+", default=[640, 320], help="square train sizes")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="loader worker processes")
@@ -325,8 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.batches < 0:
         parser.error("--steps and --batch must be >= 1, --warmup and --batches >= 0")
-    if not (args.data / "annotations" / "instances_train.json").is_file():
-        parser.error(f"--data {args.data}: no annotations/instances_train.json")
+    check_bccd(parser, args.data)
 
     torch.set_num_threads(args.threads)
     print(
@@ -343,14 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(results, args))
     report = {
         "benchmark": "data_throughput",
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {
-            "cpu": cpu_name(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
+        "command": command_line(argv),
+        "machine": machine(torch.get_num_threads()),
         "settings": {
             "data": str(args.data),
             "split": "train",
@@ -365,9 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_report(args.out, report)
     return 0
 
 

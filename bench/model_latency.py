@@ -1,9 +1,9 @@
 """Inference latency of our RT-DETR against transformers' RTDetrForObjectDetection (issue 3).
 
-For r18vd and r50vd: build transformers' model with random weights (pure-torch path, the configs of
-tests/model/test_hf_parity.py), convert the weights to ours, check that the outputs agree, then time
-in one process, in interleaved rounds (every round runs each variant once, in a rotating order, so
-that the machine's noise is shared fairly):
+For r18vd and r50vd: build transformers' model with random weights (pure-torch path, the configs and
+weights of rtdetr.testing, as in tests/model/test_hf_parity.py), convert the weights to ours, check
+that the outputs agree, then time in one process, in interleaved rounds (every round runs each
+variant once, in a rotating order, so that the machine's noise is shared fairly):
 
 - ours eager (as converted, no fusion),
 - ours deploy-fused (`RTDETR.deploy()`),
@@ -20,72 +20,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-from common import cpu_name
+from common import command_line, cpu_name, machine, target_verdict, write_report
 from torch import nn
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "model_latency.json"
 TARGET_RATIO = 0.85
 VARIANTS = ("ours_eager", "ours_fused", "transformers")
-
-
-def hf_config(name: str):
-    """The transformers configs of tests/model/test_hf_parity.py (custom kernels disabled)."""
-    from transformers import RTDetrConfig, RTDetrResNetConfig
-
-    if name == "r18vd":
-        backbone = RTDetrResNetConfig(
-            depths=[2, 2, 2, 2], layer_type="basic", hidden_sizes=[64, 128, 256, 512], out_indices=[2, 3, 4]
-        )
-        return RTDetrConfig(
-            backbone_config=backbone,
-            encoder_in_channels=[128, 256, 512],
-            hidden_expansion=0.5,
-            decoder_layers=3,
-            freeze_backbone_batch_norms=False,
-            num_labels=80,
-            disable_custom_kernels=True,
-            eval_size=None,
-        )
-    if name == "r50vd":
-        return RTDetrConfig(num_labels=80, disable_custom_kernels=True, eval_size=None)
-    raise ValueError(f"unknown model {name!r}; choose r18vd or r50vd")
-
-
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Variance-preserving random weights everywhere (as in tests/model/conftest.py), so that the
-    sanity check compares meaningful outputs rather than near-constant ones."""
-    g = torch.Generator().manual_seed(seed)
-
-    def normal(t: torch.Tensor, std: float) -> None:
-        t.copy_(torch.randn(t.shape, generator=g, dtype=t.dtype) * std)
-
-    with torch.no_grad():
-        for module in model.modules():
-            if (
-                isinstance(module, (nn.BatchNorm2d, nn.LayerNorm))
-                or "FrozenBatchNorm" in type(module).__name__
-            ):
-                module.weight.copy_(torch.rand(module.weight.shape, generator=g) + 0.5)
-                normal(module.bias, 0.1)
-                if getattr(module, "running_mean", None) is not None:
-                    normal(module.running_mean, 0.1)
-                    module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) + 0.5)
-            elif isinstance(module, (nn.Conv2d, nn.Linear)):
-                normal(module.weight, module.weight[0].numel() ** -0.5)
-                if module.bias is not None:
-                    module.bias.add_(torch.randn(module.bias.shape, generator=g) * 0.1)
-            elif isinstance(module, nn.Embedding):
-                normal(module.weight, 1.0)
-    return model
 
 
 def build_pair(name: str) -> dict[str, nn.Module]:
@@ -94,6 +41,7 @@ def build_pair(name: str) -> dict[str, nn.Module]:
 
     from rtdetr.model import build_model
     from rtdetr.model.convert_hf import hf_state_dict_to_ours, model_args_from_hf_config
+    from rtdetr.testing import hf_config, randomize_
 
     config = hf_config(name)
     torch.manual_seed(0)
@@ -236,18 +184,11 @@ def main(argv: list[str] | None = None) -> int:
 
     print(markdown_table(results))
     passed = all(r["variants"]["ours_fused"]["ratio_vs_transformers"] <= TARGET_RATIO for r in results)
-    print(f"\ntarget ours (deploy-fused) <= {TARGET_RATIO}x transformers: {'met' if passed else 'NOT met'}")
+    target = target_verdict(f"ours (deploy-fused) <= {TARGET_RATIO}x transformers", TARGET_RATIO, passed)
     report = {
         "benchmark": "model_latency",
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {
-            "cpu": cpu_name(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "threads": torch.get_num_threads(),
-        },
+        "command": command_line(argv),
+        "machine": machine(torch.get_num_threads(), transformers=transformers.__version__),
         "settings": {
             "batch": 1,
             "size": list(size),
@@ -257,13 +198,10 @@ def main(argv: list[str] | None = None) -> int:
             "inference_mode": True,
             "transformers_attn_implementation": "default (sdpa), disable_custom_kernels=True",
         },
-        "target_ratio": TARGET_RATIO,
-        "target_met": passed,
+        **target,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_report(args.out, report)
     return 0
 
 

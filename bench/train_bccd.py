@@ -21,23 +21,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import cpu_name
+from common import argument_parser, bccd_sources, check_bccd, command_line, machine, write_report
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "train_bccd.json"
-DEFAULT_DATA = Path("/work/shared/datasets/bccd")
 DEFAULT_RESULTS = Path("/tmp/rtdetr_bench_bccd")
 
 
 def make_spec(args: argparse.Namespace, train_dir: Path) -> dict:
-    data = args.data
     return {
         "results_dir": str(args.results_dir),
         "model": {
@@ -49,16 +45,7 @@ def make_spec(args: argparse.Namespace, train_dir: Path) -> dict:
             "num_select": 300,
         },
         "dataset": {
-            "train_data_sources": [
-                {
-                    "image_dir": str(data / "images"),
-                    "json_file": str(data / "annotations/instances_train.json"),
-                }
-            ],
-            "val_data_sources": {
-                "image_dir": str(data / "images"),
-                "json_file": str(data / "annotations/instances_val.json"),
-            },
+            **bccd_sources(args.data),
             "num_classes": 4,  # BCCD category ids 1..3 are logit indices: 3 + 1
             "batch_size": args.batch,
             "workers": args.workers,
@@ -146,10 +133,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BCCD root (images/, annotations/)")
+    parser = argument_parser(__doc__, bccd=True)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--size", type=int, default=320, help="square train and eval size")
     parser.add_argument("--batch", type=int, default=8)
@@ -172,13 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch < 1:
         parser.error("--epochs and --batch must be >= 1")
-    if not (args.data / "annotations" / "instances_train.json").is_file():
-        parser.error(f"--data {args.data}: no annotations/instances_train.json")
+    check_bccd(parser, args.data)
     cli = args.rtdetr or str(Path(sys.executable).parent / "rtdetr")
     if not Path(cli).exists() and shutil.which(cli) is None:
         parser.error(f"cannot find the rtdetr CLI at {cli}")
 
-    import torch
     import yaml
 
     train_dir = args.results_dir / "train"
@@ -251,23 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     report = {
         "benchmark": "train_bccd",
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line(argv),
         "cli_command": " ".join(cmd),
-        "machine": {
-            "cpu": cpu_name(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": "torch default in the CLI process (= cores)",
-        },
+        "machine": machine("torch default in the CLI process (= cores)"),
         "spec": make_spec(args, train_dir),
         "train_images": train_images,
         "summary": summary,
         "epochs": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_report(args.out, report)
     return 0
 
 

@@ -1,7 +1,8 @@
 """Training throughput of our RT-DETR against transformers' RTDetrForObjectDetection (issue 4).
 
-Same architecture on both sides (the r18vd config of tests/model/test_hf_parity.py, num_labels 80),
-random variance-preserving weights built in transformers and converted to ours, so both start equal.
+Same architecture on both sides (the r18vd config of rtdetr.testing, as in
+tests/model/test_hf_parity.py, num_labels 80), random variance-preserving weights
+(``rtdetr.testing.randomize_``) built in transformers and converted to ours, so both start equal.
 A training step is: forward with the targets (denoising queries on), the loss, backward, AdamW step.
 
 - ours: ``build_model(**model_args_from_hf_config(cfg))``, the criterion the engine builds
@@ -27,10 +28,8 @@ N steps per side.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -39,7 +38,15 @@ import time
 from pathlib import Path
 
 import torch
-from common import cpu_name
+from common import (
+    argument_parser,
+    command_line,
+    cpu_name,
+    engine_optimizer,
+    machine,
+    target_verdict,
+    write_report,
+)
 from torch import nn
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "train_throughput.json"
@@ -49,53 +56,6 @@ NUM_LABELS = 80
 LR = 1e-4
 WEIGHT_DECAY = 1e-4
 FINAL_LAYER_LOSSES = ("loss_vfl", "loss_bbox", "loss_giou")
-
-
-def hf_config():
-    """The r18vd transformers config of tests/model/test_hf_parity.py (custom kernels disabled)."""
-    from transformers import RTDetrConfig, RTDetrResNetConfig
-
-    backbone = RTDetrResNetConfig(
-        depths=[2, 2, 2, 2], layer_type="basic", hidden_sizes=[64, 128, 256, 512], out_indices=[2, 3, 4]
-    )
-    return RTDetrConfig(
-        backbone_config=backbone,
-        encoder_in_channels=[128, 256, 512],
-        hidden_expansion=0.5,
-        decoder_layers=3,
-        freeze_backbone_batch_norms=False,
-        num_labels=NUM_LABELS,
-        disable_custom_kernels=True,
-        eval_size=None,
-    )
-
-
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Variance-preserving random weights (as tests/model/conftest.py): transformers' own init has
-    zero heads, whose tied scores would let the two sides pick different top-k proposals."""
-    g = torch.Generator().manual_seed(seed)
-
-    def normal(t: torch.Tensor, std: float) -> None:
-        t.copy_(torch.randn(t.shape, generator=g, dtype=t.dtype) * std)
-
-    with torch.no_grad():
-        for module in model.modules():
-            if (
-                isinstance(module, (nn.BatchNorm2d, nn.LayerNorm))
-                or "FrozenBatchNorm" in type(module).__name__
-            ):
-                module.weight.copy_(torch.rand(module.weight.shape, generator=g) + 0.5)
-                normal(module.bias, 0.1)
-                if getattr(module, "running_mean", None) is not None:
-                    normal(module.running_mean, 0.1)
-                    module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) + 0.5)
-            elif isinstance(module, (nn.Conv2d, nn.Linear)):
-                normal(module.weight, module.weight[0].numel() ** -0.5)
-                if module.bias is not None:
-                    module.bias.add_(torch.randn(module.bias.shape, generator=g) * 0.1)
-            elif isinstance(module, nn.Embedding):
-                normal(module.weight, 1.0)
-    return model
 
 
 def synthetic_batches(
@@ -154,8 +114,9 @@ def build_side(name: str, settings: dict, conn) -> Side:
         from transformers import RTDetrForObjectDetection
 
         from rtdetr.model.convert_hf import hf_state_dict_to_ours, model_args_from_hf_config
+        from rtdetr.testing import hf_config, randomize_
 
-        config = hf_config()
+        config = hf_config("r18vd", num_labels=NUM_LABELS)
         torch.manual_seed(0)
         model = randomize_(RTDetrForObjectDetection(config), seed=1)
         with torch.no_grad():  # as in the parity test: keep masked (all-equal) tokens out of the top-k
@@ -166,23 +127,13 @@ def build_side(name: str, settings: dict, conn) -> Side:
         return Side(name, model.train(), optimizer)
 
     from rtdetr.config import load_spec
-    from rtdetr.engine.optim import build_optimizer, param_groups
     from rtdetr.engine.trainer import build_criterion
     from rtdetr.model import build_model
 
     model = build_model(**conn.recv())
     model.load_state_dict(torch.load(settings["weights"], mmap=True, weights_only=True), strict=True)
     spec = load_spec({})
-    o = spec.train.optim
-    groups = param_groups(
-        model, lr=o.lr, lr_backbone=o.lr_backbone, weight_decay=o.weight_decay,
-        backbone_names=spec.model.backbone_names, linear_proj_names=spec.model.linear_proj_names,
-        lr_linear_proj_mult=o.lr_linear_proj_mult,
-    )  # fmt: skip
-    optimizer = build_optimizer(
-        groups, optimizer=o.optimizer, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
-    )
-    return Side(name, model.train(), optimizer, build_criterion(spec.model, NUM_LABELS))
+    return Side(name, model.train(), engine_optimizer(model, spec), build_criterion(spec.model, NUM_LABELS))
 
 
 def profile_steps(side: Side, batches: list, steps: int, top: int) -> list[dict]:
@@ -355,9 +306,7 @@ def profile_table(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argument_parser(__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[640, 320], help="square input sizes")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each side's process")
@@ -385,20 +334,13 @@ def main(argv: list[str] | None = None) -> int:
     results = [bench_size(size, args) for size in args.sizes]
     print(markdown_table(results, args.batch))
     passed = all(r["ratio_ours_vs_transformers"] >= TARGET_RATIO for r in results)
-    print(f"\ntarget ours >= {TARGET_RATIO}x transformers (images/s): {'met' if passed else 'NOT met'}")
+    target = target_verdict(f"ours >= {TARGET_RATIO}x transformers (images/s)", TARGET_RATIO, passed)
     if args.profile:
         print(profile_table(results))
     report = {
         "benchmark": "train_throughput",
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {
-            "cpu": cpu_name(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "threads": args.threads,
-        },
+        "command": command_line(argv),
+        "machine": machine(args.threads, transformers=transformers.__version__),
         "settings": {
             "model": "r18vd (num_labels 80, 3 decoder layers, 100 denoising queries)",
             "batch": args.batch,
@@ -410,13 +352,10 @@ def main(argv: list[str] | None = None) -> int:
             "transformers_optimizer": f"torch.optim.AdamW(lr={LR}, weight_decay={WEIGHT_DECAY})",
             "processes": "one spawned process per side, driven in interleaved rounds",
         },
-        "target_ratio": TARGET_RATIO,
-        "target_met": passed,
+        **target,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_report(args.out, report)
     return 0
 
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from rtdetr.model import build_model
+from rtdetr.testing import randomize_
 
 TINY = dict(
     num_classes=5,
@@ -21,37 +22,6 @@ TINY = dict(
     dn_number=10,
     expansion=0.5,
 )
-
-
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Variance-preserving random weights in every layer, including the zero-initialised heads and
-    the norm layers' statistics, so that every parameter influences the outputs."""
-    g = torch.Generator().manual_seed(seed)
-
-    def normal(t: torch.Tensor, std: float, mean: float = 0.0) -> None:
-        t.copy_(torch.randn(t.shape, generator=g, dtype=t.dtype) * std + mean)
-
-    with torch.no_grad():
-        for module in model.modules():
-            if (
-                isinstance(module, (nn.BatchNorm2d, nn.LayerNorm))
-                or "FrozenBatchNorm" in type(module).__name__
-            ):
-                module.weight.copy_(torch.rand(module.weight.shape, generator=g) + 0.5)
-                normal(module.bias, 0.1)
-                if getattr(module, "running_mean", None) is not None:
-                    normal(module.running_mean, 0.1)
-                    module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) + 0.5)
-            elif isinstance(module, (nn.Conv2d, nn.Linear)):
-                normal(module.weight, module.weight[0].numel() ** -0.5)
-                if module.bias is not None:
-                    module.bias.add_(torch.randn(module.bias.shape, generator=g) * 0.1)
-            elif isinstance(module, nn.Embedding):
-                normal(module.weight, 1.0)
-            elif isinstance(module, nn.MultiheadAttention):
-                normal(module.in_proj_weight, module.embed_dim**-0.5)
-                normal(module.in_proj_bias, 0.1)
-    return model
 
 
 def targets_for(batch: int, num_classes: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
@@ -84,7 +54,7 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def randomize():
-    """randomize(model, seed=0): see `randomize_`."""
+    """randomize(model, seed=0): see `rtdetr.testing.randomize_`."""
     return randomize_
 
 

@@ -16,7 +16,7 @@ import copy
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
-from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrResNetConfig  # noqa: E402
+from transformers import RTDetrForObjectDetection  # noqa: E402
 from transformers.models.rt_detr.image_processing_rt_detr import RTDetrImageProcessor  # noqa: E402
 
 from rtdetr.model import PostProcessor, build_model  # noqa: E402
@@ -25,33 +25,16 @@ from rtdetr.model.convert_hf import (  # noqa: E402
     model_args_from_hf_config,
     ours_state_dict_to_hf,
 )
+from rtdetr.testing import hf_config  # noqa: E402
 
 SIZES = [(640, 640), (480, 640)]
 TOL = 1e-4
 
 
-def _config(name: str) -> RTDetrConfig:
-    if name == "r18vd":
-        backbone = RTDetrResNetConfig(
-            depths=[2, 2, 2, 2], layer_type="basic", hidden_sizes=[64, 128, 256, 512], out_indices=[2, 3, 4]
-        )
-        return RTDetrConfig(
-            backbone_config=backbone,
-            encoder_in_channels=[128, 256, 512],
-            hidden_expansion=0.5,
-            decoder_layers=3,
-            freeze_backbone_batch_norms=False,
-            num_labels=80,
-            disable_custom_kernels=True,
-            eval_size=None,
-        )
-    return RTDetrConfig(num_labels=80, disable_custom_kernels=True, eval_size=None)  # r50vd defaults
-
-
 @pytest.fixture(scope="module", params=["r18vd", "r50vd"])
 def pair(request, randomize):
     """(transformers model, our converted model), both eval, float32, same random weights."""
-    config = _config(request.param)
+    config = hf_config(request.param)
     torch.manual_seed(0)
     hf = randomize(RTDetrForObjectDetection(config), seed=1).eval()
     with torch.no_grad():
