@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from rtdetr.cli import main
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/synthetic.py: generated datasets and specs
 
 
 class CliResult:

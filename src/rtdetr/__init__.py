@@ -4,7 +4,7 @@ from rtdetr.config import load_spec
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_model", "load_spec"]
+__all__ = ["Detections", "Detector", "__version__", "load_model", "load_spec"]
 
 
 def __getattr__(name: str):
@@ -13,4 +13,8 @@ def __getattr__(name: str):
         from rtdetr.checkpoint import load_model
 
         return load_model
+    if name in ("Detector", "Detections"):
+        from rtdetr import detector
+
+        return getattr(detector, name)
     raise AttributeError(f"module 'rtdetr' has no attribute {name!r}")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
-from synthetic import make_dataset, tiny_spec  # noqa: E402
+from synthetic import make_dataset, tiny_spec  # tests/synthetic.py, on the path via tests/conftest.py
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from synthetic import make_dataset  # tests/engine, on the path via conftest
 
 import rtdetr
 from rtdetr.checkpoint import load_model, read_checkpoint
 from rtdetr.cli import main
 from rtdetr.status import read_status
+from synthetic import make_dataset  # tests/synthetic.py, on the path via tests/conftest.py
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

@@ -168,6 +168,11 @@ class EvalPreset:
         image, target = self.transform(image, target)
         return _finish(image, target, self.canvas_size(height, width))
 
+    def image_only(self, image: tv_tensors.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        """An image without annotations (inference): (float32 [3, H, W] in [0, 1], canvas_size [2])."""
+        height, width = F.get_size(image)
+        return self.transform(image).as_subclass(torch.Tensor), self.canvas_size(height, width)
+
     def __repr__(self) -> str:
         return f"EvalPreset(spatial_size={self.spatial_size}, preserve_aspect_ratio={self.preserve_aspect_ratio})"
 

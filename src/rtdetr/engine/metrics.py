@@ -47,7 +47,8 @@ def evaluate_coco(gt: dict, results: list[dict], class_ids: Sequence[int] | None
 
     Only the images present in ``gt`` are evaluated; ``class_ids`` restricts the categories.
     Returns {"stats": {name: value} for the 12 COCO numbers, "per_class": [{category_id, name, AP,
-    AP50, AR100}, ...]}. With no detections at all every number is 0.
+    AP50, AR100}, ...], "pr50": {category_id: precision at IoU 0.5 for each of the 101 recall
+    thresholds 0.00..1.00 (-1 where undefined)}}. With no detections at all every number is 0.
     """
     gt = copy.copy(gt)
     gt.setdefault("info", {})
@@ -64,7 +65,11 @@ def evaluate_coco(gt: dict, results: list[dict], class_ids: Sequence[int] | None
         evaluator.accumulate()
         evaluator.summarize()
     stats = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats[:12])}
-    return {"stats": stats, "per_class": _per_class(coco_gt, evaluator)}
+    precision = evaluator.eval["precision"]  # [T, R, K, A, M]
+    pr50 = {
+        int(c): [float(v) for v in precision[0, :, k, 0, -1]] for k, c in enumerate(evaluator.params.catIds)
+    }
+    return {"stats": stats, "per_class": _per_class(coco_gt, evaluator), "pr50": pr50}
 
 
 def _per_class(coco_gt: COCO, evaluator: COCOeval_faster) -> list[dict]:
@@ -96,6 +101,7 @@ def _empty(coco_gt: COCO, class_ids: Sequence[int] | None) -> dict:
     cats = list(class_ids) if class_ids is not None else sorted(coco_gt.cats)
     return {
         "stats": dict.fromkeys(STAT_NAMES, 0.0),
+        "pr50": {int(c): [0.0] * 101 for c in cats},
         "per_class": [
             {
                 "category_id": int(c),

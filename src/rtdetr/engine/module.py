@@ -17,7 +17,7 @@ from rtdetr.engine.metrics import coco_results, evaluate_coco
 from rtdetr.engine.optim import StepSchedule, build_optimizer, param_groups
 from rtdetr.errors import UserError
 from rtdetr.loss import total_loss
-from rtdetr.model.postprocess import select_detections
+from rtdetr.model.postprocess import detections_per_image
 
 log = logging.getLogger(__name__)
 
@@ -122,15 +122,16 @@ class DetectionModule(L.LightningModule):
         outputs = self.model(images)
         losses = self.criterion(outputs, targets)
         self.log("val_loss", total_loss(losses), on_epoch=True, batch_size=images.shape[0], sync_dist=True)
-        canvas = torch.stack([t["canvas_size"] for t in targets]).to(outputs["pred_boxes"])
-        scores, labels, boxes = select_detections(
-            outputs["pred_logits"].float(), outputs["pred_boxes"].float(), canvas, self.num_select
+        canvas = torch.stack([t["canvas_size"] for t in targets])
+        orig = torch.stack([t["orig_size"] for t in targets])
+        per_image = detections_per_image(
+            outputs["pred_logits"].float(),
+            outputs["pred_boxes"].float(),
+            canvas.to(images.device),
+            orig,
+            self.num_select,
         )
-        for t, s, lab, b in zip(targets, scores, labels, boxes):
-            h, w = (int(v) for v in t["orig_size"])
-            b = b.clone()
-            b[:, 0::2] = b[:, 0::2].clamp(0, w)
-            b[:, 1::2] = b[:, 1::2].clamp(0, h)
+        for t, (s, lab, b) in zip(targets, per_image):
             cats = lab.cpu().numpy()
             if self.label_to_category is not None:
                 cats = np.asarray(self.label_to_category)[cats]

@@ -30,6 +30,34 @@ def select_detections(
     return scores, labels, xyxy * torch.stack([w, h, w, h], dim=-1)[:, None]
 
 
+def detections_per_image(
+    logits: torch.Tensor,
+    boxes: torch.Tensor,
+    canvas_sizes: torch.Tensor,
+    orig_sizes: torch.Tensor,
+    num_select: int = 300,
+    conf: float = 0.0,
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per image (scores [K], labels [K], boxes [K, 4] xyxy) in original pixels, clipped to the image.
+
+    logits [B, Q, C], boxes [B, Q, 4] normalised cxcywh (relative to ``canvas_sizes`` [B, 2] (h, w) in
+    original pixels, see rtdetr.data.transforms), ``orig_sizes`` [B, 2] (h, w). The top ``num_select``
+    by score, then those with score >= ``conf``; sorted by decreasing score.
+    """
+    scores, labels, xyxy = select_detections(logits, boxes, canvas_sizes, num_select)
+    out = []
+    for s, lab, b, size in zip(scores, labels, xyxy, orig_sizes):
+        h, w = (float(v) for v in size)
+        b = torch.stack(
+            [b[:, 0].clamp(0, w), b[:, 1].clamp(0, h), b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)], -1
+        )
+        if conf > 0:
+            keep = s >= conf
+            s, lab, b = s[keep], lab[keep], b[keep]
+        out.append((s, lab, b))
+    return out
+
+
 class PostProcessor(nn.Module):
     """`forward(outputs, orig_sizes)` -> list (one per image) of {"scores" [K], "labels" [K], "boxes" [K, 4]}.
 

@@ -12,7 +12,11 @@ from collections.abc import Callable
 from rtdetr.config.rules import TASKS
 from rtdetr.errors import NotImplementedTask
 
-TASK_MODULES: dict[str, str] = {"train": "rtdetr.tasks.train"}
+TASK_MODULES: dict[str, str] = {
+    "train": "rtdetr.tasks.train",
+    "evaluate": "rtdetr.tasks.evaluate",
+    "inference": "rtdetr.tasks.inference",
+}
 
 
 def get_runner(task: str) -> Callable:

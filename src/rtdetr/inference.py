@@ -1,0 +1,255 @@
+"""Inference over image files and videos with TAO's outputs.
+
+For an image ``dir/a.jpg``: ``labels/a.txt`` (KITTI lines) and ``images_annotated/a.jpg``; for a video
+``v.mp4``: ``labels/v/v_000000.txt`` per frame and ``images_annotated/v.mp4``; with ``is_internal``
+both go under ``<out>/<the file's grandparent folder name>/`` and boxes carry no captions. All
+detections also go to ``detections.json`` (COCO layout: images, categories, annotations with
+scores; boxes in original pixels).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
+from tqdm import tqdm
+
+from rtdetr.data.images import UNREADABLE_IMAGE_ERRORS, load_image
+from rtdetr.data.sources import InferenceInputs
+from rtdetr.data.video import VIDEO_ERRORS, VideoReader, VideoWriter
+from rtdetr.detector import Detections, Detector
+from rtdetr.fileio import atomic_write, atomic_write_text
+from rtdetr.render import draw_detections, kitti_line
+
+log = logging.getLogger(__name__)
+
+DETECTIONS_JSON = "detections.json"
+
+
+@dataclass
+class InferenceSummary:
+    images: int = 0
+    videos: int = 0
+    frames: int = 0
+    detections: int = 0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+    def line(self) -> str:
+        parts = [f"{self.images} images"]
+        if self.videos:
+            parts.append(f"{self.videos} videos ({self.frames} frames)")
+        parts.append(f"{self.detections} detections")
+        if self.unreadable:
+            parts.append(f"{len(self.unreadable)} unreadable files skipped")
+        return ", ".join(parts)
+
+
+class _ImageFiles(Dataset):
+    """Decodes and prepares image files in loader workers; an unreadable file yields its error."""
+
+    def __init__(self, paths: Sequence[Path], detector: Detector):
+        self.paths, self.preset = list(paths), detector.preset
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            image = load_image(self.paths[index])
+        except UNREADABLE_IMAGE_ERRORS as exc:
+            return index, None, None, None, str(exc) or type(exc).__name__
+        tensor, canvas = self.preset.image_only(tv_tensors.Image(F.pil_to_tensor(image)))
+        return index, tensor, canvas, torch.tensor([image.height, image.width]), None
+
+
+def _collate(batch):
+    return batch
+
+
+class OutputWriter:
+    """Writes the label files, annotated images and the COCO detections of one inference run."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        class_names: Sequence[str],
+        colours: Sequence[tuple[int, int, int]],
+        category_ids: Sequence[int] | None,
+        outline_width: int = 3,
+        is_internal: bool = False,
+    ):
+        self.out_dir = Path(out_dir)
+        self.class_names, self.colours = list(class_names), list(colours)
+        self.outline_width, self.is_internal = outline_width, is_internal
+        self.category_ids = [
+            c if category_ids is not None and c >= 0 else i
+            for i, c in enumerate(category_ids if category_ids is not None else range(len(class_names)))
+        ]
+        self.images: list[dict] = []
+        self.annotations: list[dict] = []
+        self._used: set[Path] = set()
+
+    def base(self, source: Path) -> Path:
+        """The folder that receives labels/ and images_annotated/ for ``source``."""
+        if self.is_internal:
+            return self.out_dir / (source.resolve().parent.parent.name or "root")
+        return self.out_dir
+
+    def unique(self, path: Path) -> Path:
+        """``path``, or ``stem_2.ext``... when an earlier input of this run already wrote it."""
+        candidate, n = path, 1
+        while candidate in self._used:
+            n += 1
+            candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+        if candidate != path:
+            log.warning("%s is written by an earlier input too; this one goes to %s", path, candidate.name)
+        self._used.add(candidate)
+        return candidate
+
+    def labels(self, path: Path, det: Detections) -> None:
+        lines = [kitti_line(det.names[i], det.boxes[i], det.scores[i]) for i in range(len(det))]
+        atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+    def draw(self, image: Image.Image, det: Detections) -> Image.Image:
+        return draw_detections(
+            image, det.boxes, det.labels, det.scores, self.class_names, self.colours,
+            self.outline_width, captions=not self.is_internal,
+        )  # fmt: skip
+
+    def record(self, file_name: str, det: Detections, **extra) -> None:
+        image_id = len(self.images) + 1
+        h, w = det.image_size
+        self.images.append({"id": image_id, "file_name": file_name, "height": h, "width": w, **extra})
+        for box, score, label in zip(det.boxes, det.scores, det.labels):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            self.annotations.append(
+                {
+                    "id": len(self.annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(self.category_ids[int(label)]),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "score": float(score),
+                    "iscrowd": 0,
+                }
+            )
+
+    def finish(self) -> Path:
+        categories = [{"id": int(c), "name": n} for c, n in zip(self.category_ids, self.class_names)]
+        data = {"images": self.images, "categories": categories, "annotations": self.annotations}
+        return atomic_write_text(self.out_dir / DETECTIONS_JSON, json.dumps(data) + "\n")
+
+
+def _save_image(image: Image.Image, path: Path) -> None:
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    options = {"quality": 95} if fmt == "JPEG" else {}
+    atomic_write(path, lambda fh: image.save(fh, format=fmt, **options), mode="wb")
+
+
+def run_inference(
+    detector: Detector,
+    inputs: InferenceInputs,
+    writer: OutputWriter,
+    *,
+    conf: float = 0.5,
+    batch_size: int = 4,
+    workers: int = 0,
+) -> InferenceSummary:
+    """Detect in every image and video of ``inputs``; ``writer`` writes the outputs."""
+    summary = InferenceSummary()
+    if inputs.images:
+        _run_images(detector, inputs.images, writer, summary, conf, batch_size, workers)
+    for video in inputs.videos:
+        _run_video(detector, video, writer, summary, conf, batch_size)
+    writer.finish()
+    for name, reason in summary.unreadable[:5]:
+        log.warning("skipped %s: %s", name, reason)
+    if len(summary.unreadable) > 5:
+        log.warning("... and %d more unreadable files", len(summary.unreadable) - 5)
+    return summary
+
+
+def _run_images(detector, paths, writer, summary, conf, batch_size, workers) -> None:
+    loader = DataLoader(
+        _ImageFiles(paths, detector), batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+        multiprocessing_context="fork" if workers > 0 else None,
+    )  # fmt: skip
+    with tqdm(total=len(paths), unit="img", desc="inference", disable=None) as bar:
+        for batch in loader:
+            good = [item for item in batch if item[4] is None]
+            for index, *_, error in batch:
+                if error is not None:
+                    summary.unreadable.append((str(paths[index]), error))
+            if good:
+                dets = detector.detect_batch(
+                    torch.stack([g[1] for g in good]), torch.stack([g[2] for g in good]),
+                    torch.stack([g[3] for g in good]), conf,
+                )  # fmt: skip
+                for (index, *_), det in zip(good, dets):
+                    _write_image(paths[index], det, writer)
+                    summary.images += 1
+                    summary.detections += len(det)
+            bar.update(len(batch))
+
+
+def _write_image(path: Path, det: Detections, writer: OutputWriter) -> None:
+    det.source = str(path)
+    base = writer.base(path)
+    image_out = writer.unique(base / "images_annotated" / path.name)
+    writer.labels(base / "labels" / f"{image_out.stem}.txt", det)
+    _save_image(writer.draw(load_image(path), det), image_out)
+    writer.record(str(path), det)
+
+
+def _run_video(detector, path, writer, summary, conf, batch_size) -> None:
+    base = writer.base(path)
+    video_out = writer.unique(base / "images_annotated" / f"{path.stem}.mp4")
+    label_dir = base / "labels" / video_out.stem
+    out = None
+    frame_index = 0
+    try:
+        with (
+            VideoReader(path) as video,
+            tqdm(total=video.frame_count or None, unit="frame", desc=path.name, disable=None) as bar,
+        ):
+            pending: list[Image.Image] = []
+
+            def flush() -> None:
+                nonlocal out, frame_index
+                for image, det in zip(pending, detector.predict(pending, conf=conf, batch_size=len(pending))):
+                    if out is None:
+                        out = VideoWriter(video_out, video.fps, image.width, image.height)
+                    name = f"{video_out.stem}_{frame_index:06d}"
+                    writer.labels(label_dir / f"{name}.txt", det)
+                    out.write(writer.draw(image, det))
+                    writer.record(str(path), det, frame=frame_index)
+                    summary.detections += len(det)
+                    frame_index += 1
+                bar.update(len(pending))
+                pending.clear()
+
+            for frame in video:
+                pending.append(frame)
+                if len(pending) == batch_size:
+                    flush()
+            if pending:
+                flush()
+    except VIDEO_ERRORS as exc:
+        if out is not None:
+            out.abort()
+        summary.unreadable.append((str(path), f"{exc} (after {frame_index} frames)"))
+        return
+    if out is None:
+        summary.unreadable.append((str(path), "no frames"))
+        return
+    out.close()
+    summary.videos += 1
+    summary.frames += frame_index

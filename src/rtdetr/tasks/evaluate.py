@@ -1,0 +1,131 @@
+"""The evaluate task: `rtdetr evaluate -e spec.yaml`: COCO metrics of a model on the test data."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from rtdetr.config import ExperimentConfig
+from rtdetr.errors import UserError
+from rtdetr.fileio import atomic_write_text
+from rtdetr.status import StatusLogger
+
+log = logging.getLogger(__name__)
+
+RESULTS_JSON = "results.json"
+PREDICTIONS_JSON = "predictions.json"  # the evaluated detections, a COCO results list
+CONFUSION_CONF = 0.25  # the confusion matrix counts detections at or above max(this, conf_threshold)
+
+
+def input_size(cfg: ExperimentConfig, section: str) -> list[int]:
+    """evaluate.input_height/input_width when both are set, else dataset.augmentation.eval_spatial_size."""
+    task = getattr(cfg, section)
+    height, width = task.input_height, task.input_width
+    if (height is None) != (width is None):
+        raise UserError(f"{section}.input_width and {section}.input_height go together: set both or neither")
+    return (
+        [int(height), int(width)] if height is not None else list(cfg.dataset.augmentation.eval_spatial_size)
+    )
+
+
+def model_file(cfg: ExperimentConfig, section: str) -> str:
+    """The model a task runs: ``trt_engine`` (an exported model) when set, else ``checkpoint``."""
+    task = getattr(cfg, section)
+    return task.trt_engine or task.checkpoint
+
+
+def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> dict:
+    from rtdetr.data.dataset import CocoDetection
+    from rtdetr.data.transforms import EvalPreset
+    from rtdetr.detector import Detector
+    from rtdetr.engine.data import make_loader, read_sources, report_source
+    from rtdetr.engine.metrics import coco_ground_truth, coco_results, evaluate_coco
+    from rtdetr.evaluation import (
+        confusion_matrix,
+        metrics_table,
+        plot_confusion,
+        plot_pr_curves,
+        plot_pr_per_class,
+    )
+
+    ev, d = cfg.evaluate, cfg.dataset
+    size = input_size(cfg, "evaluate")
+    detector = Detector.from_file(
+        model_file(cfg, "evaluate"), input_size=size, preserve_aspect_ratio=d.augmentation.preserve_aspect_ratio,
+        num_select=cfg.model.num_select,
+    )  # fmt: skip
+    if detector.num_classes != d.num_classes:
+        raise UserError(
+            f"dataset.num_classes is {d.num_classes} but the model {model_file(cfg, 'evaluate')} has "
+            f"{detector.num_classes} classes; set dataset.num_classes={detector.num_classes}"
+        )
+    source = read_sources(cfg, "test")
+    report_source(source, "test", results_dir)
+    gt = coco_ground_truth(source.records, source.label_to_category, source.categories)
+    class_ids = None if d.eval_class_ids is None else [int(c) for c in d.eval_class_ids]
+    known = {c["id"] for c in gt["categories"]}
+    for i, c in enumerate(class_ids or []):
+        if c not in known:
+            raise UserError(
+                f"dataset.eval_class_ids[{i}]: {c} is not a category of {d.test_data_sources.json_file} "
+                f"(categories: {', '.join(map(str, sorted(known)))})"
+            )
+
+    loader = make_loader(
+        CocoDetection(source.records, EvalPreset(size, d.augmentation.preserve_aspect_ratio), dataset_type=d.dataset_type),
+        batch_size=d.batch_size, workers=d.workers, pin_memory=False, train=False, seed=0,
+    )  # fmt: skip
+    to_category = np.asarray(source.label_to_category)
+    results: list[dict] = []
+    with tqdm(total=len(source.records), unit="img", desc="evaluate", disable=None) as bar:
+        for images, targets in loader:
+            canvas = torch.stack([t["canvas_size"] for t in targets])
+            orig = torch.stack([t["orig_size"] for t in targets])
+            for t, det in zip(targets, detector.detect_batch(images, canvas, orig, ev.conf_threshold)):
+                results += coco_results(
+                    [int(t["image_id"])], [det.boxes], [det.scores], [to_category[det.labels]]
+                )
+            bar.update(len(targets))
+    unmapped = sum(1 for r in results if r["category_id"] < 0)
+    if unmapped:
+        log.warning(
+            "%d detections of classes without a category in the test data are not evaluated", unmapped
+        )
+        results = [r for r in results if r["category_id"] >= 0]
+
+    atomic_write_text(results_dir / PREDICTIONS_JSON, json.dumps(results) + "\n")
+    metrics = evaluate_coco(gt, results, class_ids=class_ids)
+    stats, per_class = metrics["stats"], metrics["per_class"]
+    print(metrics_table(stats, per_class))
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    evaluated = class_ids or sorted(names)
+    conf = max(CONFUSION_CONF, ev.conf_threshold)
+    matrix = confusion_matrix(gt, results, evaluated, iou=0.5, conf=conf)
+    plots = results_dir / "plots"
+    plot_pr_curves(metrics["pr50"], names, plots / "pr_curve.png")
+    plot_pr_per_class(metrics["pr50"], names, plots / "pr_curves_per_class.png")
+    plot_confusion(matrix, [names[c] for c in evaluated], plots / "confusion_matrix.png", conf=conf, iou=0.5)
+    report = {
+        "model": str(model_file(cfg, "evaluate")),
+        "test_data": source.json_files,
+        "images": len(source.records),
+        "detections": len(results),
+        "input_size": size,
+        "conf_threshold": ev.conf_threshold,
+        "eval_class_ids": class_ids,
+        "stats": stats,
+        "per_class": per_class,
+        "confusion_matrix": {"labels": [names[c] for c in evaluated] + ["background"], "counts": matrix.tolist(),
+                             "score_threshold": conf, "iou": 0.5},
+    }  # fmt: skip
+    atomic_write_text(results_dir / RESULTS_JSON, json.dumps(report, indent=2) + "\n")
+    status.write(
+        "RUNNING", "Evaluation finished.", kpi={"test_mAP": stats["mAP"], "test_mAP50": stats["mAP50"]}
+    )
+    log.info("metrics in %s, plots in %s", results_dir / RESULTS_JSON, plots)
+    return report
