@@ -7,7 +7,11 @@ import pytest
 import rtdetr
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
-TASK_OF = {"train_bccd.yaml": "train"}
+TASK_OF = {
+    "train_bccd.yaml": "train",
+    "evaluate_bccd.yaml": "evaluate",
+    "inference_bccd.yaml": "inference",
+}
 
 
 def test_every_example_has_a_task():

@@ -1,4 +1,5 @@
-"""`rtdetr quickstart`: train a small RT-DETR on the shipped BCCD sample, no user data needed."""
+"""`rtdetr quickstart`: train a small RT-DETR on the shipped BCCD sample, evaluate it and run it on
+the sample's images; no user data needed."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ def sample_dir() -> Path:
 
 
 def quickstart_spec(results_dir: str | Path, epochs: int = 12) -> dict:
-    """A spec for a small r18vd-style model at 320x320 on the sample; CPU-friendly."""
+    """A spec for a small r18vd-style model at 320x320 on the sample (CPU-friendly), and for
+    evaluating the trained model on the sample's val split and running it on the val images."""
     data = sample_dir()
+    checkpoint = str(Path(results_dir) / "train" / f"model_epoch_{epochs - 1:03d}.pth")
     source = lambda name: {"image_dir": str(data / "images"), "json_file": str(data / f"{name}.json")}  # noqa: E731
     return {
         "results_dir": str(results_dir),
@@ -32,6 +35,7 @@ def quickstart_spec(results_dir: str | Path, epochs: int = 12) -> dict:
         "dataset": {
             "train_data_sources": [source("train")], "val_data_sources": source("val"),
             "test_data_sources": source("val"), "num_classes": 4, "batch_size": 4, "workers": 2,
+            "infer_data_sources": {"image_dir": [str(data / "images")], "classmap": ""},
             "augmentation": {"train_spatial_size": [320, 320], "eval_spatial_size": [320, 320],
                              "multi_scales": [256, 288, 320, 352, 384], "distortion_prob": 0.5, "iou_crop_prob": 0.5},
         },
@@ -40,11 +44,16 @@ def quickstart_spec(results_dir: str | Path, epochs: int = 12) -> dict:
             "activation_checkpoint": False, "seed": 42,
             "optim": {"lr": 0.0005, "lr_backbone": 0.0002, "warmup_steps": 20},
         },
+        "evaluate": {"checkpoint": checkpoint},
+        "inference": {"checkpoint": checkpoint, "input_width": 320, "input_height": 320, "conf_threshold": 0.4},
     }  # fmt: skip
 
 
-def run_quickstart(results_dir: str | Path = "rtdetr_quickstart", epochs: int = 12) -> Path:
-    """Write the spec, train, and return the train results directory."""
+QUICKSTART_TASKS = ("train", "evaluate", "inference")
+
+
+def run_quickstart(results_dir: str | Path = "rtdetr_quickstart", epochs: int = 12) -> dict[str, Path]:
+    """Write the spec, then train, evaluate and run inference; returns each task's results directory."""
     from rtdetr.config import load_spec
     from rtdetr.tasks.runner import run_task
 
@@ -52,6 +61,4 @@ def run_quickstart(results_dir: str | Path = "rtdetr_quickstart", epochs: int = 
     spec_path = results_dir / "quickstart_spec.yaml"
     atomic_write_text(spec_path, yaml.safe_dump(quickstart_spec(results_dir, epochs), sort_keys=False))
     log.info("spec written to %s (the data: %s, MIT license)", spec_path, sample_dir())
-    cfg = load_spec(spec_path, action="train")
-    train_dir = run_task("train", cfg)
-    return train_dir
+    return {task: run_task(task, load_spec(spec_path, action=task)) for task in QUICKSTART_TASKS}
