@@ -6,6 +6,7 @@ the same detections for the same images and settings.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from rtdetr.data.images import load_image, to_rgb
 from rtdetr.data.transforms import EvalPreset
 from rtdetr.errors import UserError
 from rtdetr.model.postprocess import detections_per_image
+
+log = logging.getLogger(__name__)
 
 ImageInput = str | os.PathLike | PIL.Image.Image | np.ndarray
 
@@ -70,6 +73,14 @@ class Detector:
         self.metadata = meta
         self.num_classes = int(meta.num_classes)
         self.input_size = tuple(int(v) for v in (input_size or meta.input_size))
+        fixed = getattr(backend, "input_size", None)  # an exported model built for one size
+        if fixed is not None and tuple(fixed) != self.input_size:
+            if input_size is not None:
+                log.warning(
+                    "the exported model takes %dx%d (h x w) inputs; using that instead of %dx%d",
+                    *fixed, *self.input_size,
+                )  # fmt: skip
+            self.input_size = tuple(int(v) for v in fixed)
         if len(self.input_size) != 2 or min(self.input_size) < 1:
             raise UserError(f"input size must be (height, width) of positive numbers, got {input_size}")
         names = list(class_names) if class_names is not None else meta.class_names

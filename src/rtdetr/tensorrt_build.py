@@ -223,9 +223,10 @@ def check_build_settings(section) -> BuildSettings:
     layers = parse_layers_precision(section.tensorrt.layers_precision, data_type)
     onnx_path = Path(section.onnx_file).expanduser()
     meta, export_info, onnx_batch, size = read_onnx_input(onnx_path)
-    if (section.input_height, section.input_width) != size:
+    given = (section.input_height, section.input_width)
+    if given != (None, None) and given != size:
         log.warning(
-            "%s.input_height/input_width are %dx%d but %s takes %dx%d inputs: the engine is built for the "
+            "%s.input_height/input_width are %sx%s but %s takes %dx%d inputs: the engine is built for the "
             "ONNX file's size", SECTION, section.input_height, section.input_width, onnx_path.name, *size,
         )  # fmt: skip
     spec = section.tensorrt

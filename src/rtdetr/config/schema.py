@@ -524,6 +524,17 @@ class ExportConfig:
         valid_min=-1,
     )
     verbose: bool = spec_field(False, "Flag to enable verbose TensorRT logging.")
+    overwrite: bool = spec_field(
+        False,
+        "Replace onnx_file when it exists (otherwise an existing file is an error).",
+        note="Not in TAO.",
+    )
+    end_to_end: bool = spec_field(
+        False,
+        "Put the postprocess in the graph: a second input orig_target_sizes [B, 2] (w, h) and outputs "
+        "labels, boxes (xyxy pixels) and scores, the top model.num_select; for runtimes without DeepStream.",
+        note="Not in TAO (its graph ends at pred_logits and pred_boxes, which stays the default).",
+    )
 
 
 @dataclass
@@ -559,9 +570,17 @@ class GenTrtEngineConfig:
     results_dir: str | None = spec_field(None, "Path to the location where the logs and status are stored.")
     timing_cache: str | None = spec_field(None, "TensorRT timing cache file, written and reused.")
     input_channel: int = spec_field(3, "Number of channels in the input Tensor.", valid_min=3, valid_max=3)
-    input_width: int = spec_field(960, "Width of the input image tensor.", valid_min=32)
-    input_height: int = spec_field(544, "Height of the input image tensor.", valid_min=32)
-    opset_version: int = spec_field(17, "Operator set version of the ONNX model.", valid_min=1)
+    input_width: int | None = spec_field(
+        None, "Width of the input image tensor; null: the ONNX file's (which the engine is built for).",
+        valid_min=32, note="Accepted from TAO Deploy specs; the ONNX file's fixed size is authoritative.",
+    )  # fmt: skip
+    input_height: int | None = spec_field(
+        None, "Height of the input image tensor; null: the ONNX file's (which the engine is built for).",
+        valid_min=32, note="Accepted from TAO Deploy specs; the ONNX file's fixed size is authoritative.",
+    )  # fmt: skip
+    opset_version: int = spec_field(
+        17, "Operator set version of the ONNX model (informational: the ONNX file has its own).", valid_min=1
+    )
     batch_size: int = spec_field(
         -1, "Batch size of the engine; -1 uses the optimization profile.", valid_min=-1
     )

@@ -10,16 +10,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rtdetr.deploy.onnx_backend import OnnxBackend
 from rtdetr.deploy.torch_backend import TorchBackend
-from rtdetr.errors import UserError
 
-__all__ = ["TorchBackend", "load_backend"]
+__all__ = ["OnnxBackend", "TorchBackend", "load_backend"]
+
+
+ENGINE_SUFFIXES = (".engine", ".trt", ".plan")
 
 
 def load_backend(path: str | os.PathLike, device: str | None = None):
-    """The backend for a model file: a checkpoint (``.pth``) runs in PyTorch."""
+    """The backend for a model file: ``.onnx`` runs in ONNX Runtime (CUDA when available, else the
+    CPU), ``.engine`` (``.trt``, ``.plan``) in TensorRT, anything else as a checkpoint in PyTorch."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix in (".onnx", ".engine", ".trt", ".plan"):
-        raise UserError(f"{path}: running exported models ({suffix}) is not implemented yet in this version")
+    if suffix == ".onnx":
+        return OnnxBackend(path, device=device)
+    if suffix in ENGINE_SUFFIXES:
+        from rtdetr.deploy.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(path, device=device)
     return TorchBackend.from_checkpoint(path, device=device)

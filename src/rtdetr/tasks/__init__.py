@@ -16,6 +16,8 @@ TASK_MODULES: dict[str, str] = {
     "train": "rtdetr.tasks.train",
     "evaluate": "rtdetr.tasks.evaluate",
     "inference": "rtdetr.tasks.inference",
+    "export": "rtdetr.tasks.export",
+    "gen_trt_engine": "rtdetr.tasks.gen_trt_engine",
 }
 
 

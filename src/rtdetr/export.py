@@ -1,0 +1,218 @@
+"""ONNX export with TAO's contract, the model's metadata inside, and DeepStream's files beside it.
+
+The graph: input ``inputs`` [B, 3, H, W] (RGB / 255, no mean/std); outputs ``pred_logits`` [B, Q, C]
+(raw logits) and ``pred_boxes`` [B, Q, 4] (normalised cxcywh), no postprocess. With
+``end_to_end`` the postprocess is inside instead: a second input ``orig_target_sizes`` [B, 2]
+int64 (w, h), as in the original RT-DETR's export, and outputs ``labels`` [B, K] int64, ``boxes``
+[B, K, 4] xyxy in those pixels and ``scores`` [B, K] (the top K = num_select by score).
+The model's metadata (class names, category ids, input size, the model section) is stored as JSON
+under the ONNX metadata key ``rtdetr``, so evaluate, inference and the Detector run the file alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from rtdetr.checkpoint import ModelMetadata
+from rtdetr.errors import UserError
+from rtdetr.fileio import atomic_write, atomic_write_text
+from rtdetr.model.postprocess import select_detections
+
+log = logging.getLogger(__name__)
+
+METADATA_KEY = "rtdetr"
+MIN_OPSET = 16  # GridSample (deformable attention) is an ONNX operator from opset 16
+RAW_OUTPUTS = ("pred_logits", "pred_boxes")
+END_TO_END_OUTPUTS = ("labels", "boxes", "scores")
+
+
+class RawOutputs(nn.Module):
+    """The model with TAO's two outputs as a tuple."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(inputs)
+        return out["pred_logits"], out["pred_boxes"]
+
+
+class EndToEnd(nn.Module):
+    """The model and its postprocess: (labels, boxes xyxy in pixels, scores), top ``num_select``."""
+
+    def __init__(self, model: nn.Module, num_select: int):
+        super().__init__()
+        self.model, self.num_select = model, num_select
+
+    def forward(self, inputs: torch.Tensor, orig_target_sizes: torch.Tensor):
+        out = self.model(inputs)
+        hw = orig_target_sizes.flip(-1)  # (w, h) -> (h, w)
+        scores, labels, boxes = select_detections(out["pred_logits"], out["pred_boxes"], hw, self.num_select)
+        return labels, boxes, scores
+
+
+def metadata_props(meta: ModelMetadata, **export_info) -> dict[str, str]:
+    """The ONNX metadata entries of a model: ``rtdetr`` (JSON of the metadata and export settings)."""
+    return {METADATA_KEY: json.dumps({**meta.to_dict(), "export": export_info})}
+
+
+def read_onnx_metadata(model: onnx.ModelProto | str | os.PathLike) -> tuple[ModelMetadata, dict]:
+    """(ModelMetadata, export settings) stored in an ONNX file by export_onnx; UserError if absent."""
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    props = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in props:
+        raise UserError(f"{model}: an ONNX file without rtdetr metadata; export it with `rtdetr export`")
+    data = json.loads(props[METADATA_KEY])
+    return ModelMetadata.from_dict(data), data.get("export", {})
+
+
+def export_onnx(
+    model: nn.Module,
+    meta: ModelMetadata,
+    path: str | os.PathLike,
+    *,
+    height: int,
+    width: int,
+    batch_size: int = -1,
+    opset: int = 17,
+    end_to_end: bool = False,
+    num_select: int = 300,
+    device: str | torch.device = "cpu",
+    overwrite: bool = False,
+    verbose: bool = False,
+) -> Path:
+    """Export ``model`` (fused first; the original is left as it is) to ``path`` and check it.
+
+    batch_size -1 makes the batch axis dynamic (on every input and output), else it is fixed.
+    Height and width are fixed (TAO's contract; TensorRT builds for them).
+    """
+    path = Path(path)
+    if opset < MIN_OPSET:
+        raise UserError(
+            f"export.opset_version: {opset} is too old: deformable attention needs GridSample, an ONNX "
+            f"operator from opset {MIN_OPSET}; use {MIN_OPSET} or newer (17 is the default)"
+        )
+    if path.exists() and not overwrite:
+        raise UserError(f"export.onnx_file: {path} exists; remove it or set export.overwrite=true")
+    if batch_size == 0 or batch_size < -1:
+        raise UserError(f"export.batch_size: {batch_size}; use -1 (dynamic) or a batch size >= 1")
+    net = copy.deepcopy(model).to(device).eval()
+    if hasattr(net, "deploy"):
+        net.deploy()
+    batch = 1 if batch_size == -1 else batch_size
+    images = torch.rand(batch, 3, height, width, device=device)
+    if end_to_end:
+        wrapper, args = (
+            EndToEnd(net, num_select),
+            (images, torch.tensor([[width, height]] * batch, device=device)),
+        )
+        inputs, outputs = ["inputs", "orig_target_sizes"], list(END_TO_END_OUTPUTS)
+    else:
+        wrapper, args = RawOutputs(net), (images,)
+        inputs, outputs = ["inputs"], list(RAW_OUTPUTS)
+    dynamic = {name: {0: "batch"} for name in inputs + outputs} if batch_size == -1 else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.export.tmp")
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+            torch.onnx.export(
+                wrapper, args, str(tmp), input_names=inputs, output_names=outputs, opset_version=opset,
+                dynamic_axes=dynamic, do_constant_folding=True, verbose=verbose, dynamo=False,
+            )  # fmt: skip
+        proto = onnx.load(str(tmp))
+        queries, k = (
+            int(meta.model.get("num_queries", 300)),
+            min(num_select, int(meta.model.get("num_queries", 300)) * meta.num_classes),
+        )
+        _set_output_dims(proto, {
+            "pred_logits": [None, queries, meta.num_classes], "pred_boxes": [None, queries, 4],
+            "labels": [None, k], "boxes": [None, k, 4], "scores": [None, k],
+        })  # fmt: skip
+        export_info = {
+            "input_size": [height, width], "batch_size": batch_size, "opset": opset,
+            "end_to_end": end_to_end, "num_select": num_select, "inputs": inputs, "outputs": outputs,
+        }  # fmt: skip
+        meta = copy.copy(meta)
+        meta.input_size = [height, width]
+        for key, value in metadata_props(meta, **export_info).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(proto, full_check=True)
+        atomic_write(path, lambda fh: fh.write(proto.SerializeToString()), mode="wb")
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
+    return path
+
+
+def _set_output_dims(proto: onnx.ModelProto, dims: dict[str, list[int | None]]) -> None:
+    """Write the known sizes of the outputs' non-batch axes (the tracer leaves some symbolic)."""
+    for output in proto.graph.output:
+        for dim, value in zip(output.type.tensor_type.shape.dim, dims.get(output.name, [])):
+            if value is not None:
+                dim.Clear()
+                dim.dim_value = value
+
+
+# ----------------------------------------------------------------------------------- DeepStream
+def class_zero_is_real(meta: ModelMetadata) -> bool:
+    """Whether logit index 0 is a class of the data (not the empty slot TAO's convention leaves for
+    category ids starting at 1)."""
+    if meta.category_ids is not None:
+        return meta.category_ids[0] >= 0
+    return not (meta.class_names and meta.class_names[0] in ("class_0", "background", "bg", "__background__"))
+
+
+def deepstream_files(
+    onnx_path: str | os.PathLike, meta: ModelMetadata, height: int, width: int
+) -> list[Path]:
+    """``labels.txt`` and ``nvinfer_config.txt`` beside the ONNX file, with the values TAO writes.
+
+    DeepStream's RT-DETR parser drops class 0 as background: a warning says so when class 0 is a
+    real class of this model.
+    """
+    onnx_path = Path(onnx_path)
+    names = meta.class_names or [f"class_{i}" for i in range(meta.num_classes)]
+    labels = atomic_write_text(onnx_path.parent / "labels.txt", "".join(f"{name}\n" for name in names))
+    config = "\n".join(
+        [
+            "[property]",
+            "gie-unique-id=1",
+            "net-scale-factor=0.00392156862745098",
+            "offsets=0;0;0",
+            "model-color-format=0",
+            f"onnx-file={onnx_path.name}",
+            f"labelfile-path={labels.name}",
+            f"infer-dims=3;{height};{width}",
+            f"num-detected-classes={len(names)}",
+            "network-type=0",
+            "cluster-mode=4",
+            "maintain-aspect-ratio=1",
+            "output-blob-names=pred_boxes;pred_logits",
+            "",
+            "[class-attrs-all]",
+            "pre-cluster-threshold=0.5",
+            "topk=20",
+            "",
+        ]
+    )
+    nvinfer = atomic_write_text(onnx_path.parent / "nvinfer_config.txt", config)
+    if class_zero_is_real(meta):
+        log.warning(
+            "class 0 of this model (%r) is a real class, but DeepStream's RT-DETR parser treats class 0 as "
+            "background and drops its detections; use category ids starting at 1 to keep every class",
+            names[0],
+        )
+    return [labels, nvinfer]
