@@ -22,6 +22,7 @@ TASK_HELP = {
     "export": "export a model to ONNX (and DeepStream files)",
     "distill": "train a student model with a frozen teacher",
     "gen_trt_engine": "build a TensorRT engine from an exported ONNX model",
+    "quantize": "quantize an exported ONNX model to INT8 for CPUs (ONNX Runtime)",
 }
 
 

@@ -21,20 +21,16 @@ import fnmatch
 import json
 import logging
 import os
-import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision import tv_tensors
-from torchvision.transforms.v2 import functional as F
 
 from rtdetr.checkpoint import ModelMetadata
-from rtdetr.data.images import UNREADABLE_IMAGE_ERRORS, load_image
-from rtdetr.data.sources import list_inputs
-from rtdetr.data.transforms import EvalPreset
+from rtdetr.deploy import calibration
 from rtdetr.errors import UserError
 from rtdetr.fileio import atomic_write, atomic_write_text
 
@@ -47,7 +43,9 @@ INPUT_NAME = "inputs"
 INSTALL_HINT = "install the tensorrt extra (pip install 'rtdetr[tensorrt]') on a machine with an NVIDIA GPU"
 SECTION = "gen_trt_engine"
 CAL_DIR_FIELD = f"{SECTION}.calibration.cal_image_dir"
-CALIBRATION_SEED = 0  # the calibration images are a fixed random sample of cal_image_dir
+# the calibration images and batches of gen_trt_engine (errors name its cal_image_dir field)
+calibration_images = partial(calibration.calibration_images, field=CAL_DIR_FIELD)
+calibration_batches = partial(calibration.calibration_batches, field=CAL_DIR_FIELD)
 
 
 # --------------------------------------------------------------------------------- TensorRT
@@ -283,56 +281,6 @@ def check_calibration(cal, settings: BuildSettings) -> None:
 
 
 # ---------------------------------------------------------------------------- calibration
-def calibration_images(entries: Sequence[str], needed: int) -> list[Path]:
-    """The image files of ``entries`` (folders, files, globs) in a fixed random order (seed 0);
-    UserError for videos or fewer than ``needed`` (cal_batches x cal_batch_size) images."""
-    found = list_inputs(list(entries), CAL_DIR_FIELD)
-    if found.videos:
-        raise UserError(
-            f"{CAL_DIR_FIELD}: {found.videos[0]} is a video; calibration reads images (extract frames first)"
-        )
-    if len(found.images) < needed:
-        raise UserError(
-            f"{CAL_DIR_FIELD}: found {len(found.images)} images, INT8 calibration needs "
-            f"cal_batches x cal_batch_size = {needed}"
-        )
-    images = list(found.images)
-    random.Random(CALIBRATION_SEED).shuffle(images)
-    return images
-
-
-def calibration_batches(
-    paths: Iterable[str | os.PathLike],
-    input_size: Sequence[int],
-    preserve_aspect_ratio: bool,
-    batch_size: int,
-    batches: int,
-) -> Iterator[np.ndarray]:
-    """``batches`` contiguous float32 arrays [batch_size, 3, H, W] (RGB in [0, 1]), each image prepared
-    as the Detector prepares it. Unreadable images are skipped with a warning and the next file
-    takes their place; UserError when the files run out first."""
-    preset = EvalPreset(input_size, preserve_aspect_ratio)
-    files = iter(paths)
-    skipped = 0
-    for done in range(batches):
-        batch = []
-        while len(batch) < batch_size:
-            path = next(files, None)
-            if path is None:
-                raise UserError(
-                    f"{CAL_DIR_FIELD}: only {done * batch_size + len(batch)} readable images ({skipped} "
-                    f"unreadable), INT8 calibration needs cal_batches x cal_batch_size = {batches * batch_size}"
-                )
-            try:
-                image = load_image(path)
-            except UNREADABLE_IMAGE_ERRORS as exc:
-                skipped += 1
-                log.warning("calibration: skipped %s, cannot read it: %s", path, exc)
-                continue
-            batch.append(preset.image_only(tv_tensors.Image(F.pil_to_tensor(image)))[0].numpy())
-        yield np.ascontiguousarray(np.stack(batch), dtype=np.float32)
-
-
 def make_calibrator(
     batches: Iterable[np.ndarray],
     batch_size: int,

@@ -85,7 +85,7 @@ def _train_spec(tmp_path, **extra):
     return path
 
 
-@pytest.mark.parametrize("task", ["distill", "gen_trt_engine"])
+@pytest.mark.parametrize("task", ["distill"])
 def test_unimplemented_task_says_so_and_records_failure(cli, tmp_path, task):
     spec = _train_spec(
         tmp_path,

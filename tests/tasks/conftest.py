@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,18 @@ def task_spec(trained, tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def exported(trained, tmp_path_factory):
+    """The trained squares model exported at 128x128 with a dynamic batch (the CLI, defaults)."""
+    from rtdetr.cli import main
+
+    folder = tmp_path_factory.mktemp("exported")
+    spec = folder / "spec.yaml"
+    spec.write_text(json.dumps({"results_dir": str(folder / "results")}))
+    onnx_file = folder / "model.onnx"
+    code = main(["-q", "export", "-e", str(spec), f"export.checkpoint={trained['checkpoint']}",
+                 f"export.onnx_file={onnx_file}", "export.input_width=128", "export.input_height=128"])  # fmt: skip
+    assert code == 0
+    return onnx_file

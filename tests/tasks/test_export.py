@@ -22,21 +22,6 @@ def _dims(value_info) -> list:
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
-@pytest.fixture(scope="module")
-def exported(trained, tmp_path_factory):
-    """The trained squares model exported at 128x128 with a dynamic batch (the CLI, defaults)."""
-    from rtdetr.cli import main
-
-    folder = tmp_path_factory.mktemp("exported")
-    spec = folder / "spec.yaml"
-    spec.write_text(json.dumps({"results_dir": str(folder / "results")}))
-    onnx_file = folder / "model.onnx"
-    code = main(["-q", "export", "-e", str(spec), f"export.checkpoint={trained['checkpoint']}",
-                 f"export.onnx_file={onnx_file}", "export.input_width=128", "export.input_height=128"])  # fmt: skip
-    assert code == 0
-    return onnx_file
-
-
 def test_the_onnx_contract_metadata_and_deepstream_files(exported, trained):
     proto = onnx.load(str(exported))
     onnx.checker.check_model(proto, full_check=True)

@@ -9,7 +9,7 @@ from rtdetr.config.fields import MISSING_VALUE
 from rtdetr.config.schema import ExperimentConfig, ModelConfig
 from rtdetr.config.validate import Problem
 
-TASKS = ("train", "evaluate", "inference", "export", "distill", "gen_trt_engine")
+TASKS = ("train", "evaluate", "inference", "export", "distill", "gen_trt_engine", "quantize")
 
 # The sections each task reads: a required value ("???") left in them is an error for that task.
 TASK_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -19,6 +19,7 @@ TASK_SECTIONS: dict[str, tuple[str, ...]] = {
     "inference": ("model", "dataset", "inference"),
     "export": ("model", "export"),
     "gen_trt_engine": ("gen_trt_engine",),
+    "quantize": ("quantize",),
 }
 
 # Values each task needs; a tuple lists alternatives of which one must be set.
@@ -41,6 +42,7 @@ TASK_REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
     ),
     "export": (("export.checkpoint",), ("export.onnx_file",)),
     "gen_trt_engine": (("gen_trt_engine.onnx_file",), ("gen_trt_engine.trt_engine",)),
+    "quantize": (("quantize.onnx_file",), ("quantize.output_file",), ("quantize.cal_image_dir[]",)),
 }
 TASK_REQUIRED["distill"] = TASK_REQUIRED["train"] + (("distill.pretrained_teacher_model_path",),)
 

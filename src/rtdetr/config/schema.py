@@ -589,6 +589,35 @@ class GenTrtEngineConfig:
     calibration: CalibrationConfig = spec_field(CalibrationConfig, "INT8 calibration settings.")
 
 
+# ------------------------------------------------------------------------------------- quantize
+@dataclass
+class QuantizeConfig:
+    """CPU INT8: ONNX Runtime static quantization of an exported model, calibrated on images."""
+
+    onnx_file: str = spec_field(MISSING_VALUE, "The exported FP32 ONNX model (from rtdetr export).")
+    output_file: str = spec_field(MISSING_VALUE, "The INT8 ONNX model to write.")
+    results_dir: str | None = spec_field(None, "Path to the location where the logs and status are stored.")
+    cal_image_dir: list[str] = spec_field(
+        [], "Calibration images: folders, files or glob patterns (images like those the model will see)."
+    )
+    cal_images: int = spec_field(
+        100, "Number of calibration images (a fixed random sample when there are more).", valid_min=1
+    )
+    calibration_method: str = spec_field(
+        "Percentile",
+        "How activation ranges are calibrated: MinMax, Entropy, or Percentile (99.999th percentile).",
+        valid_options=("MinMax", "Entropy", "Percentile"),
+    )
+    per_channel: bool = spec_field(True, "Quantize weights per output channel (else per tensor).")
+    op_types: list[str] = spec_field(
+        ["Conv", "MatMul", "Gemm"], "ONNX operator types to quantize; the others stay in float."
+    )
+    exclude_nodes: list[str] = spec_field(
+        [], "ONNX node-name patterns (* wildcards) kept in float, e.g. '/model/decoder/*'."
+    )
+    overwrite: bool = spec_field(False, "Replace output_file when it exists.")
+
+
 # -------------------------------------------------------------------------------------- distill
 @dataclass
 class DistillBinding:
@@ -651,4 +680,9 @@ class ExperimentConfig:
     )
     distill: DistillConfig = spec_field(
         DistillConfig, "Configurable parameters to construct the distiller for a RT-DETR experiment."
+    )
+    quantize: QuantizeConfig = spec_field(
+        QuantizeConfig,
+        "CPU INT8 quantization of an exported model with ONNX Runtime.",
+        note="Not in TAO's RT-DETR documentation (TAO has a quantize task for other models).",
     )

@@ -18,6 +18,7 @@ TASK_MODULES: dict[str, str] = {
     "inference": "rtdetr.tasks.inference",
     "export": "rtdetr.tasks.export",
     "gen_trt_engine": "rtdetr.tasks.gen_trt_engine",
+    "quantize": "rtdetr.tasks.quantize",
 }
 
 

@@ -1,0 +1,135 @@
+"""CPU INT8: ONNX Runtime static quantization (QDQ) of an exported model, calibrated on images.
+
+Weights are quantized per output channel (int8), activations per tensor (uint8) with ranges
+calibrated on images prepared exactly as the Detector prepares them. The result is an ONNX file
+with the same inputs, outputs and rtdetr metadata, which evaluate, inference and the Detector run
+like the FP32 one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+
+from rtdetr.deploy.calibration import calibration_batches, calibration_images
+from rtdetr.errors import UserError
+from rtdetr.export import METADATA_KEY, read_onnx_metadata
+from rtdetr.fileio import atomic_write
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
+
+
+def _calibration_reader(batches):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(batches)
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"inputs": batch}
+
+    return Reader()
+
+
+def _matching_nodes(model: onnx.ModelProto, patterns: Sequence[str]) -> list[str]:
+    return [n.name for n in model.graph.node if any(fnmatch.fnmatchcase(n.name, p) for p in patterns)]
+
+
+def quantize_onnx(
+    onnx_file: str | os.PathLike,
+    output_file: str | os.PathLike,
+    cal_image_dir: Sequence[str],
+    *,
+    cal_images: int = 100,
+    preserve_aspect_ratio: bool = False,
+    calibration_method: str = "Percentile",
+    per_channel: bool = True,
+    op_types: Sequence[str] = ("Conv", "MatMul", "Gemm"),
+    exclude_nodes: Sequence[str] = (),
+    overwrite: bool = False,
+    section: str = "quantize",
+) -> dict:
+    """Quantize ``onnx_file`` (an ``rtdetr export`` output) to ``output_file``; returns a summary.
+
+    ``exclude_nodes`` are ONNX node-name patterns (``*`` wildcards) kept in float. UserError for a
+    missing/foreign input, an existing output (unless ``overwrite``), or too few images.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    source, output = Path(onnx_file), Path(output_file)
+    if not source.is_file():
+        raise UserError(
+            f"{section}.onnx_file: {source}: ONNX file not found (export one with `rtdetr export`)"
+        )
+    if output.resolve() == source.resolve():
+        raise UserError(f"{section}.output_file: the same file as {section}.onnx_file; choose another name")
+    if output.exists() and not overwrite:
+        raise UserError(f"{section}.output_file: {output} exists; remove it or set {section}.overwrite=true")
+    if calibration_method not in CALIBRATION_METHODS:
+        raise UserError(
+            f"{section}.calibration_method: {calibration_method!r} is not one of {CALIBRATION_METHODS}"
+        )
+    meta, export_info = read_onnx_metadata(source)
+    if export_info.get("end_to_end"):
+        raise UserError(
+            f"{section}.onnx_file: {source} is an end-to-end export; quantize the raw-output export"
+        )
+    if export_info.get("quantization"):
+        raise UserError(f"{section}.onnx_file: {source} is already quantized")
+    model = onnx.load(str(source))
+    shape = [d.dim_value if d.dim_value else None for d in model.graph.input[0].type.tensor_type.shape.dim]
+    batch = shape[0] or 1
+    size = tuple(export_info.get("input_size") or shape[2:])
+    found = calibration_images(cal_image_dir, batch, field=f"{section}.cal_image_dir")
+    paths = found[: max(batch, min(cal_images, len(found)) // batch * batch)]
+    excluded = _matching_nodes(model, exclude_nodes)
+    if exclude_nodes and not excluded:
+        log.warning("%s.exclude_nodes: no node matches %s", section, list(exclude_nodes))
+    log.info(
+        "calibrating on %d images (%s), %d nodes kept in float", len(paths), calibration_method, len(excluded)
+    )
+    with tempfile.TemporaryDirectory(prefix="rtdetr_quantize_") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantized = Path(tmp) / "quantized.onnx"
+        batches = calibration_batches(paths, size, preserve_aspect_ratio, batch, len(paths) // batch,
+                                      field=f"{section}.cal_image_dir")  # fmt: skip
+        chatter = io.StringIO()  # ONNX Runtime prints its calibration progress
+        with contextlib.redirect_stdout(chatter):
+            quantize_static(
+            str(prepared), str(quantized), _calibration_reader(batches),
+            quant_format=QuantFormat.QDQ, per_channel=per_channel,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, calibration_method),
+            op_types_to_quantize=list(op_types), nodes_to_exclude=excluded,
+            extra_options={"CalibMovingAverage": False},
+            )  # fmt: skip
+        log.debug("%s", chatter.getvalue())
+        result = onnx.load(str(quantized))
+    summary = {
+        "calibration_method": calibration_method, "calibration_images": len(paths), "per_channel": per_channel,
+        "op_types": list(op_types), "excluded_nodes": len(excluded), "source": str(source),
+    }  # fmt: skip
+    data = {**meta.to_dict(), "export": {**export_info, "quantization": summary}}
+    del result.metadata_props[:]
+    entry = result.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(data)
+    atomic_write(output, lambda fh: fh.write(result.SerializeToString()), mode="wb")
+    log.info(
+        "wrote %s (%.1f MB, from %.1f MB)", output, output.stat().st_size / 1e6, source.stat().st_size / 1e6
+    )
+    return summary

@@ -1,0 +1,27 @@
+"""The quantize task: `rtdetr quantize -e spec.yaml`: an INT8 ONNX for CPUs (ONNX Runtime)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rtdetr.config import ExperimentConfig
+from rtdetr.status import StatusLogger
+
+
+def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> dict:
+    from rtdetr.quantize import quantize_onnx
+
+    q = cfg.quantize
+    summary = quantize_onnx(
+        q.onnx_file, q.output_file, list(q.cal_image_dir), cal_images=q.cal_images,
+        preserve_aspect_ratio=cfg.dataset.augmentation.preserve_aspect_ratio,
+        calibration_method=q.calibration_method, per_channel=q.per_channel, op_types=list(q.op_types),
+        exclude_nodes=list(q.exclude_nodes), overwrite=q.overwrite,
+    )  # fmt: skip
+    status.write(
+        "RUNNING",
+        f"Quantized {q.onnx_file} to {q.output_file}.",
+        kpi={"calibration_images": summary["calibration_images"]},
+    )
+    print(f"quantized: {q.output_file}")
+    return summary

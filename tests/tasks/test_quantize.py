@@ -1,0 +1,82 @@
+"""The quantize task: an INT8 ONNX (QDQ, per-channel weights) that evaluate, inference and the Detector
+run, with the model's metadata kept; clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+from rtdetr import Detector
+from rtdetr.export import read_onnx_metadata
+
+
+@pytest.fixture(scope="module")
+def quantized(exported, trained, tmp_path_factory):
+    from rtdetr.cli import main
+
+    folder = tmp_path_factory.mktemp("quantized")
+    spec = folder / "spec.yaml"
+    spec.write_text(json.dumps({"results_dir": str(folder / "results")}))
+    output = folder / "model_int8.onnx"
+    args = ["-q", "quantize", "-e", str(spec), f"quantize.onnx_file={exported}", f"quantize.output_file={output}",
+            f"quantize.cal_image_dir=[{trained['data'] / 'images' / 'train_*.png'}]", "quantize.cal_images=24"]  # fmt: skip
+    assert main(args) == 0
+    return output
+
+
+def test_the_int8_model_keeps_the_contract_and_metadata(quantized, exported):
+    proto = onnx.load(str(quantized))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QuantizeLinear") > 20 and ops.count("DequantizeLinear") > 20
+    assert [i.name for i in proto.graph.input] == ["inputs"]
+    assert [o.name for o in proto.graph.output] == ["pred_logits", "pred_boxes"]
+    assert quantized.stat().st_size < 0.4 * exported.stat().st_size  # int8 weights
+    meta, info = read_onnx_metadata(quantized)
+    assert meta.class_names == ["class_0", "red", "green"] and meta.input_size == [128, 128]
+    assert info["quantization"]["calibration_images"] == 24
+    assert info["quantization"]["calibration_method"] == "Percentile" and info["quantization"]["per_channel"]
+
+
+def test_evaluate_and_the_detector_run_it_close_to_fp32(
+    cli, task_spec, quantized, exported, trained, tmp_path
+):
+    stats = {}
+    for name, model in (("fp32", exported), ("int8", quantized)):
+        result = cli("evaluate", "-e", task_spec(), f"evaluate.trt_engine={model}",
+                     f"evaluate.results_dir={tmp_path / name}")  # fmt: skip
+        assert result.code == 0, result.err
+        stats[name] = json.loads((tmp_path / name / "results.json").read_text())["stats"]
+    # a tiny model on 16 images: the stated tolerance is 0.05 mAP50 (measured about 0.01)
+    assert stats["int8"]["mAP50"] >= stats["fp32"]["mAP50"] - 0.05, stats
+    image = trained["data"] / "images" / "test_0000.png"
+    (fp32,) = Detector.from_file(exported, device="cpu").predict(image, conf=0.0)
+    (int8,) = Detector.from_file(quantized, device="cpu").predict(image, conf=0.0)
+    assert len(int8) == len(fp32) and abs(float(int8.scores[0]) - float(fp32.scores[0])) < 0.1
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("quantize.output_file={quantized}", "exists; remove it or set quantize.overwrite=true"),
+        ("quantize.output_file={exported}", "the same file as quantize.onnx_file"),
+        ("quantize.cal_image_dir=[{tmp}/*.jpg]", "quantize.cal_image_dir[0]"),
+        ("quantize.onnx_file={tmp}/none.onnx", "quantize.onnx_file: {tmp}/none.onnx: ONNX file not found"),
+        ("quantize.onnx_file={quantized}", "is already quantized"),
+    ],
+)
+def test_bad_input_is_one_clear_line(cli, exported, quantized, trained, tmp_path, override, expected):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps({"results_dir": str(tmp_path / "results")}))
+    names = {"quantized": quantized, "exported": exported, "tmp": tmp_path}
+    args = {
+        "quantize.onnx_file": str(exported),
+        "quantize.output_file": str(tmp_path / "out.onnx"),
+        "quantize.cal_image_dir": f"[{trained['data'] / 'images'}]",
+    }
+    key, value = override.format(**names).split("=", 1)
+    args[key] = value
+    result = cli("quantize", "-e", spec, *(f"{k}={v}" for k, v in args.items()))
+    assert result.code == 2
+    assert len(result.error_lines) == 1 and expected.format(**names) in result.error_lines[0], result.err
