@@ -11,6 +11,8 @@ TASK_OF = {
     "train_bccd.yaml": "train",
     "evaluate_bccd.yaml": "evaluate",
     "inference_bccd.yaml": "inference",
+    "export_bccd.yaml": "export",
+    "gen_trt_engine_bccd.yaml": "gen_trt_engine",
 }
 
 
@@ -22,3 +24,5 @@ def test_every_example_has_a_task():
 def test_example_spec_validates(name):
     cfg = rtdetr.load_spec(EXAMPLES / name, action=TASK_OF[name])
     assert cfg.dataset.num_classes >= 1
+    if name == "export_bccd.yaml":  # the same file also drives the quantize task
+        rtdetr.load_spec(EXAMPLES / name, action="quantize")

@@ -105,10 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common_flags(p, suppress=True)
 
     p = sub.add_parser(
-        "quickstart", help="train, evaluate and run a small model on the shipped BCCD sample (no data needed)",
+        "quickstart", help="train, evaluate, run and export a small model on the shipped BCCD sample (no data needed)",
         description="Train a small RT-DETR on a 64-image BCCD sample shipped with the package "
-        "(validating with COCO mAP), evaluate it and run inference on the sample's images; takes a "
-        "few minutes on a laptop CPU.",
+        "(validating with COCO mAP), evaluate it, run inference on the sample's images, export it to "
+        "ONNX and evaluate the ONNX file with ONNX Runtime; takes a few minutes on a laptop CPU.",
     )  # fmt: skip
     p.add_argument(
         "--results-dir", default="rtdetr_quickstart", help="where to write (default: ./rtdetr_quickstart)"
@@ -245,6 +245,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         f"evaluated: {dirs['evaluate']} (results.json, plots/): mAP {stats['mAP']:.3f}, mAP50 {stats['mAP50']:.3f}"
     )
     print(f"inference: {dirs['inference']} (labels/, images_annotated/, detections.json)")
+    onnx = json.loads((dirs["evaluate_onnx"] / "results.json").read_text())
+    print(f"exported: {onnx['model']} (ONNX, DeepStream files beside it); run by ONNX Runtime: "
+          f"mAP {onnx['stats']['mAP']:.3f}, mAP50 {onnx['stats']['mAP50']:.3f}")  # fmt: skip
     return 0
 
 

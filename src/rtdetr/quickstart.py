@@ -46,19 +46,28 @@ def quickstart_spec(results_dir: str | Path, epochs: int = 12) -> dict:
         },
         "evaluate": {"checkpoint": checkpoint},
         "inference": {"checkpoint": checkpoint, "input_width": 320, "input_height": 320, "conf_threshold": 0.4},
+        "export": {"checkpoint": checkpoint, "onnx_file": str(Path(results_dir) / "export" / "rtdetr_quickstart.onnx"),
+                   "input_width": 320, "input_height": 320, "overwrite": True},
     }  # fmt: skip
 
 
-QUICKSTART_TASKS = ("train", "evaluate", "inference")
-
-
 def run_quickstart(results_dir: str | Path = "rtdetr_quickstart", epochs: int = 12) -> dict[str, Path]:
-    """Write the spec, then train, evaluate and run inference; returns each task's results directory."""
+    """Write the spec, then train, evaluate, run inference, export to ONNX and evaluate the ONNX file;
+    returns each step's results directory (keys train, evaluate, inference, export, evaluate_onnx)."""
     from rtdetr.config import load_spec
     from rtdetr.tasks.runner import run_task
 
     results_dir = Path(results_dir).resolve()
     spec_path = results_dir / "quickstart_spec.yaml"
-    atomic_write_text(spec_path, yaml.safe_dump(quickstart_spec(results_dir, epochs), sort_keys=False))
+    spec = quickstart_spec(results_dir, epochs)
+    atomic_write_text(spec_path, yaml.safe_dump(spec, sort_keys=False))
     log.info("spec written to %s (the data: %s, MIT license)", spec_path, sample_dir())
-    return {task: run_task(task, load_spec(spec_path, action=task)) for task in QUICKSTART_TASKS}
+    onnx_run = [
+        f"evaluate.trt_engine={spec['export']['onnx_file']}",
+        f"evaluate.results_dir={results_dir / 'evaluate_onnx'}",
+    ]
+    steps = [("train", "train", []), ("evaluate", "evaluate", []), ("inference", "inference", []),
+             ("export", "export", []), ("evaluate_onnx", "evaluate", onnx_run)]  # fmt: skip
+    return {
+        name: run_task(task, load_spec(spec_path, overrides, action=task)) for name, task, overrides in steps
+    }

@@ -24,5 +24,7 @@ def test_quickstart_trains_evaluates_infers_and_says_where_results_are(tmp_path,
     )
     assert (tmp_path / "qs" / "evaluate" / "results.json").exists()
     assert len(list((tmp_path / "qs" / "inference" / "labels").glob("*.txt"))) == 64
-    for task in ("train", "evaluate", "inference"):
+    for task in ("train", "evaluate", "inference", "export", "evaluate_onnx"):
         assert read_status(tmp_path / "qs" / task)[-1]["status"] == "SUCCESS"
+    assert (tmp_path / "qs" / "export" / "rtdetr_quickstart.onnx").exists()
+    assert "exported: " in out and "run by ONNX Runtime: mAP" in out
