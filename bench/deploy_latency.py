@@ -65,8 +65,11 @@ def run_task(task: str, spec: dict, folder: Path) -> Path:
 
 
 def prepare(size: int, args, folder: Path) -> dict[str, Path]:
-    """The FP32 and INT8 ONNX files of the checkpoint at ``size``."""
-    fp32, int8 = folder / f"model_{size}.onnx", folder / f"model_{size}_int8.onnx"
+    """The FP32 and INT8 ONNX files of the checkpoint at ``size`` (a folder per size: DeepStream's
+    files beside each ONNX file)."""
+    folder = folder / str(size)
+    folder.mkdir(parents=True, exist_ok=True)
+    fp32, int8 = folder / "model.onnx", folder / "model_int8.onnx"
     base = {"results_dir": str(folder / f"results_{size}")}
     run_task("export", {**base, "export": {"checkpoint": str(args.checkpoint), "onnx_file": str(fp32),
              "input_width": size, "input_height": size, "batch_size": 1}}, folder)  # fmt: skip
@@ -80,7 +83,7 @@ def prepare(size: int, args, folder: Path) -> dict[str, Path]:
 
 def evaluate(model: Path, size: int, args, folder: Path) -> dict:
     spec = {
-        "results_dir": str(folder / f"eval_{model.stem}"),
+        "results_dir": str(folder / f"eval_{size}_{model.stem}"),
         "dataset": {
             "test_data_sources": {"image_dir": str(args.data / "images"),
                                   "json_file": str(args.data / "annotations" / "instances_test.json")},

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from rtdetr.data.images import load_image, to_rgb
+from rtdetr.data.images import UNREADABLE_IMAGE_ERRORS, load_image, to_rgb
 from rtdetr.data.transforms import EvalPreset
 from rtdetr.errors import UserError
 from rtdetr.model.postprocess import detections_per_image
@@ -42,7 +42,6 @@ class Detections:
     names: list[str]
     image_size: tuple[int, int]
     source: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -180,7 +179,7 @@ def _as_image(item: ImageInput) -> tuple[PIL.Image.Image, str | None]:
             raise UserError(f"{path}: image file not found")
         try:
             return load_image(path), str(path)
-        except (OSError, ValueError, SyntaxError) as exc:
+        except UNREADABLE_IMAGE_ERRORS as exc:
             raise UserError(f"{path}: cannot read image: {exc}") from exc
     if isinstance(item, PIL.Image.Image):
         return to_rgb(item), None

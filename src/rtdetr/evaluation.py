@@ -1,7 +1,8 @@
-"""Evaluation reports: the metrics table, the confusion matrix and the PNG plots."""
+"""Evaluation: detections of a dataset, the metrics table, the confusion matrix and the PNG plots."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -10,8 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torchvision.ops import box_iou
+from tqdm import tqdm
 
 from rtdetr.engine.metrics import STAT_NAMES
+
+log = logging.getLogger(__name__)
 
 STAT_LABELS = {
     "mAP": "AP @[IoU=0.50:0.95 | area=all | maxDets=100]",
@@ -27,6 +31,47 @@ STAT_LABELS = {
     "AR_medium": "AR @[IoU=0.50:0.95 | area=medium | maxDets=100]",
     "AR_large": "AR @[IoU=0.50:0.95 | area=large | maxDets=100]",
 }
+
+
+def detect_dataset(
+    detector,
+    source,
+    conf: float = 0.0,
+    *,
+    batch_size: int = 4,
+    workers: int = 0,
+    dataset_type: str = "serialized",
+) -> list[dict]:
+    """COCO results (bbox xywh in original pixels, the source's category ids) of ``detector`` (a
+    rtdetr.Detector) on every image of ``source`` (a rtdetr.data.coco.CocoSource), score >= conf.
+
+    Images are prepared at the detector's input size. Detections of a class that no category of the
+    source maps to are dropped (with a warning)."""
+    from rtdetr.data.dataset import CocoDetection
+    from rtdetr.engine.data import make_loader
+    from rtdetr.engine.metrics import coco_results
+
+    loader = make_loader(
+        CocoDetection(source.records, detector.preset, dataset_type=dataset_type),
+        batch_size=batch_size, workers=workers, pin_memory=False, train=False, seed=0,
+    )  # fmt: skip
+    to_category = np.asarray(source.label_to_category)
+    results: list[dict] = []
+    with tqdm(total=len(source.records), unit="img", desc="evaluate", disable=None) as bar:
+        for images, targets in loader:
+            canvas = torch.stack([t["canvas_size"] for t in targets])
+            orig = torch.stack([t["orig_size"] for t in targets])
+            for t, det in zip(targets, detector.detect_batch(images, canvas, orig, conf)):
+                results += coco_results(
+                    [int(t["image_id"])], [det.boxes], [det.scores], [to_category[det.labels]]
+                )
+            bar.update(len(targets))
+    unmapped = sum(1 for r in results if r["category_id"] < 0)
+    if unmapped:
+        log.warning(
+            "%d detections of classes without a category in the test data are not evaluated", unmapped
+        )
+    return [r for r in results if r["category_id"] >= 0]
 
 
 def metrics_table(stats: dict, per_class: Sequence[dict]) -> str:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -66,14 +67,55 @@ def metadata_props(meta: ModelMetadata, **export_info) -> dict[str, str]:
     return {METADATA_KEY: json.dumps({**meta.to_dict(), "export": export_info})}
 
 
-def read_onnx_metadata(model: onnx.ModelProto | str | os.PathLike) -> tuple[ModelMetadata, dict]:
-    """(ModelMetadata, export settings) stored in an ONNX file by export_onnx; UserError if absent."""
-    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+@dataclass
+class OnnxModelInfo:
+    """What an rtdetr ONNX file says about itself."""
+
+    metadata: ModelMetadata
+    export_info: dict  # the export settings (input_size, batch_size, opset, end_to_end, quantization, ...)
+    batch: int | None  # the fixed batch of input ``inputs``, None when dynamic
+    input_size: tuple[int, int] | None  # its fixed (h, w), None when dynamic
+
+
+def inspect_onnx(path: str | os.PathLike, where: str = "") -> OnnxModelInfo:
+    """Read an ``rtdetr export`` ONNX file's metadata and input shape (not its weights).
+
+    One-line UserError, starting with ``where`` (e.g. the spec field), for a missing, unreadable or
+    foreign file.
+    """
+    path = Path(path)
+    where = f"{where}: {path}" if where else str(path)
+    if not path.is_file():
+        raise UserError(f"{where}: {'not a file' if path.exists() else 'ONNX file not found'}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{where}: not a readable ONNX file: {first}") from exc
     props = {p.key: p.value for p in proto.metadata_props}
     if METADATA_KEY not in props:
-        raise UserError(f"{model}: an ONNX file without rtdetr metadata; export it with `rtdetr export`")
-    data = json.loads(props[METADATA_KEY])
-    return ModelMetadata.from_dict(data), data.get("export", {})
+        raise UserError(f"{where}: an ONNX file without rtdetr metadata; export it with `rtdetr export`")
+    try:
+        data = json.loads(props[METADATA_KEY])
+        meta = ModelMetadata.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{where}: its rtdetr metadata is damaged: {exc}") from exc
+    inputs = {i.name: i for i in proto.graph.input}
+    if "inputs" not in inputs:
+        raise UserError(f"{where}: no input named 'inputs' (inputs: {', '.join(inputs)})")
+    dims = [
+        d.dim_value if d.HasField("dim_value") else None for d in inputs["inputs"].type.tensor_type.shape.dim
+    ]
+    if len(dims) != 4:
+        raise UserError(f"{where}: input 'inputs' must be [B, 3, H, W], got {dims}")
+    size = (int(dims[2]), int(dims[3])) if dims[2] and dims[3] else None
+    return OnnxModelInfo(meta, data.get("export", {}), dims[0], size)
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> tuple[ModelMetadata, dict]:
+    """(ModelMetadata, export settings) stored in an ONNX file by export_onnx."""
+    info = inspect_onnx(path)
+    return info.metadata, info.export_info
 
 
 def export_onnx(
@@ -177,15 +219,12 @@ def class_zero_is_real(meta: ModelMetadata) -> bool:
 
 def deepstream_files(
     onnx_path: str | os.PathLike, meta: ModelMetadata, height: int, width: int
-) -> list[Path]:
-    """``labels.txt`` and ``nvinfer_config.txt`` beside the ONNX file, with the values TAO writes.
-
-    DeepStream's RT-DETR parser drops class 0 as background: a warning says so when class 0 is a
-    real class of this model.
-    """
+) -> dict[Path, str]:
+    """DeepStream's ``labels.txt`` and ``nvinfer_config.txt`` for the ONNX file, with the values TAO
+    writes: {path beside the ONNX file: text}."""
     onnx_path = Path(onnx_path)
     names = meta.class_names or [f"class_{i}" for i in range(meta.num_classes)]
-    labels = atomic_write_text(onnx_path.parent / "labels.txt", "".join(f"{name}\n" for name in names))
+    labels = onnx_path.parent / "labels.txt"
     config = "\n".join(
         [
             "[property]",
@@ -208,11 +247,29 @@ def deepstream_files(
             "",
         ]
     )
-    nvinfer = atomic_write_text(onnx_path.parent / "nvinfer_config.txt", config)
+    return {labels: "".join(f"{name}\n" for name in names), onnx_path.parent / "nvinfer_config.txt": config}
+
+
+def check_deepstream_files(files: dict[Path, str], overwrite: bool) -> None:
+    """UserError when a DeepStream file beside the ONNX already exists with other contents (another
+    model's), unless ``overwrite``; called before anything is written."""
+    for path, text in files.items():
+        if not overwrite and path.exists() and path.read_text(encoding="utf-8") != text:
+            raise UserError(
+                f"export.onnx_file: {path} exists and describes another model; export into another folder, "
+                "remove it, or set export.overwrite=true"
+            )
+
+
+def write_deepstream_files(files: dict[Path, str], meta: ModelMetadata) -> list[Path]:
+    """Write the files of deepstream_files; a warning when class 0 is a real class, which DeepStream's
+    RT-DETR parser drops as background."""
+    written = [atomic_write_text(path, text) for path, text in files.items()]
     if class_zero_is_real(meta):
+        name = (meta.class_names or ["class_0"])[0]
         log.warning(
             "class 0 of this model (%r) is a real class, but DeepStream's RT-DETR parser treats class 0 as "
             "background and drops its detections; use category ids starting at 1 to keep every class",
-            names[0],
+            name,
         )
-    return [labels, nvinfer]
+    return written

@@ -9,8 +9,13 @@ from pathlib import Path
 from typing import IO
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "w") -> Path:
-    """Call ``write(fh)`` on a temporary file beside ``path``, then rename it over ``path``."""
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[IO], None], mode: str = "w", fsync: bool = True
+) -> Path:
+    """Call ``write(fh)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    ``fsync`` also flushes the file to the disk before the rename (survives a power cut, not only a
+    killed process); many small outputs can skip it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -18,7 +23,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -27,6 +33,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = True) -> Path:
     """Write ``text`` to ``path`` atomically."""
-    return atomic_write(path, lambda fh: fh.write(text))
+    return atomic_write(path, lambda fh: fh.write(text), fsync=fsync)

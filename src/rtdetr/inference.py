@@ -95,7 +95,7 @@ class OutputWriter:
         ]
         self.images: list[dict] = []
         self.annotations: list[dict] = []
-        self._used: set[Path] = set()
+        self._stems: set[tuple[Path, str]] = set()
 
     def base(self, source: Path) -> Path:
         """The folder that receives labels/ and images_annotated/ for ``source``."""
@@ -103,20 +103,21 @@ class OutputWriter:
             return self.out_dir / (source.resolve().parent.parent.name or "root")
         return self.out_dir
 
-    def unique(self, path: Path) -> Path:
-        """``path``, or ``stem_2.ext``... when an earlier input of this run already wrote it."""
-        candidate, n = path, 1
-        while candidate in self._used:
+    def claim(self, base: Path, stem: str) -> str:
+        """A stem for one input's outputs in ``base`` (images_annotated/<stem>.<ext>, labels/<stem>.txt or
+        labels/<stem>/): ``stem``, or ``stem_2``... when an earlier input of this run took it."""
+        candidate, n = stem, 1
+        while (base, candidate) in self._stems:
             n += 1
-            candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
-        if candidate != path:
-            log.warning("%s is written by an earlier input too; this one goes to %s", path, candidate.name)
-        self._used.add(candidate)
+            candidate = f"{stem}_{n}"
+        if n > 1:
+            log.warning("another input is also named %s; this one's outputs are named %s", stem, candidate)
+        self._stems.add((base, candidate))
         return candidate
 
     def labels(self, path: Path, det: Detections) -> None:
         lines = [kitti_line(det.names[i], det.boxes[i], det.scores[i]) for i in range(len(det))]
-        atomic_write_text(path, "".join(line + "\n" for line in lines))
+        atomic_write_text(path, "".join(line + "\n" for line in lines), fsync=False)
 
     def draw(self, image: Image.Image, det: Detections) -> Image.Image:
         return draw_detections(
@@ -151,7 +152,7 @@ class OutputWriter:
 def _save_image(image: Image.Image, path: Path) -> None:
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
     options = {"quality": 95} if fmt == "JPEG" else {}
-    atomic_write(path, lambda fh: image.save(fh, format=fmt, **options), mode="wb")
+    atomic_write(path, lambda fh: image.save(fh, format=fmt, **options), mode="wb", fsync=False)
 
 
 def run_inference(
@@ -203,53 +204,66 @@ def _run_images(detector, paths, writer, summary, conf, batch_size, workers) -> 
 def _write_image(path: Path, det: Detections, writer: OutputWriter) -> None:
     det.source = str(path)
     base = writer.base(path)
-    image_out = writer.unique(base / "images_annotated" / path.name)
-    writer.labels(base / "labels" / f"{image_out.stem}.txt", det)
-    _save_image(writer.draw(load_image(path), det), image_out)
+    stem = writer.claim(base, path.stem)
+    writer.labels(base / "labels" / f"{stem}.txt", det)
+    _save_image(writer.draw(load_image(path), det), base / "images_annotated" / f"{stem}{path.suffix}")
     writer.record(str(path), det)
 
 
-def _run_video(detector, path, writer, summary, conf, batch_size) -> None:
-    base = writer.base(path)
-    video_out = writer.unique(base / "images_annotated" / f"{path.stem}.mp4")
-    label_dir = base / "labels" / video_out.stem
-    out = None
-    frame_index = 0
+def _next_frames(frames, count: int) -> tuple[list[Image.Image], BaseException | None]:
+    """Up to ``count`` decoded frames, and the decoding error that stopped them early, if any."""
+    batch: list[Image.Image] = []
     try:
-        with (
-            VideoReader(path) as video,
-            tqdm(total=video.frame_count or None, unit="frame", desc=path.name, disable=None) as bar,
-        ):
-            pending: list[Image.Image] = []
-
-            def flush() -> None:
-                nonlocal out, frame_index
-                for image, det in zip(pending, detector.predict(pending, conf=conf, batch_size=len(pending))):
-                    if out is None:
-                        out = VideoWriter(video_out, video.fps, image.width, image.height)
-                    name = f"{video_out.stem}_{frame_index:06d}"
-                    writer.labels(label_dir / f"{name}.txt", det)
-                    out.write(writer.draw(image, det))
-                    writer.record(str(path), det, frame=frame_index)
-                    summary.detections += len(det)
-                    frame_index += 1
-                bar.update(len(pending))
-                pending.clear()
-
-            for frame in video:
-                pending.append(frame)
-                if len(pending) == batch_size:
-                    flush()
-            if pending:
-                flush()
+        for frame in frames:
+            batch.append(frame)
+            if len(batch) == count:
+                break
     except VIDEO_ERRORS as exc:
+        return batch, exc
+    return batch, None
+
+
+def _run_video(detector, path, writer, summary, conf, batch_size) -> None:
+    """Annotated video and per-frame labels; a video that fails to decode midway keeps the frames
+    decoded before (a warning says where it stopped)."""
+    try:
+        video = VideoReader(path)
+    except VIDEO_ERRORS as exc:
+        summary.unreadable.append((str(path), str(exc) or type(exc).__name__))
+        return
+    base = writer.base(path)
+    stem = writer.claim(base, path.stem)
+    out, index, error = None, 0, None
+    try:
+        with video, tqdm(total=video.frame_count or None, unit="frame", desc=path.name, disable=None) as bar:
+            frames = iter(video)
+            while error is None:
+                batch, error = _next_frames(frames, batch_size)
+                for image, det in zip(batch, detector.predict(batch, conf=conf, batch_size=batch_size)):
+                    if out is None:
+                        out = VideoWriter(
+                            base / "images_annotated" / f"{stem}.mp4", video.fps, image.width, image.height
+                        )
+                    writer.labels(base / "labels" / stem / f"{stem}_{index:06d}.txt", det)
+                    out.write(writer.draw(image, det))
+                    writer.record(str(path), det, frame=index)
+                    summary.detections += len(det)
+                    index += 1
+                bar.update(len(batch))
+                if len(batch) < batch_size:
+                    break
+    except BaseException:
         if out is not None:
             out.abort()
-        summary.unreadable.append((str(path), f"{exc} (after {frame_index} frames)"))
-        return
+        raise
     if out is None:
-        summary.unreadable.append((str(path), "no frames"))
+        summary.unreadable.append((str(path), str(error) if error else "no frames"))
         return
     out.close()
+    if error is not None:
+        log.warning(
+            "%s: decoding stopped after %d frames (%s); the outputs cover those frames", path, index, error
+        )
+        summary.unreadable.append((str(path), f"decoding stopped after {index} frames: {error}"))
     summary.videos += 1
-    summary.frames += frame_index
+    summary.frames += index

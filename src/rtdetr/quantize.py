@@ -22,7 +22,7 @@ import onnx
 
 from rtdetr.deploy.calibration import calibration_batches, calibration_images
 from rtdetr.errors import UserError
-from rtdetr.export import METADATA_KEY, read_onnx_metadata
+from rtdetr.export import METADATA_KEY, inspect_onnx
 from rtdetr.fileio import atomic_write
 
 log = logging.getLogger(__name__)
@@ -71,10 +71,7 @@ def quantize_onnx(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     source, output = Path(onnx_file), Path(output_file)
-    if not source.is_file():
-        raise UserError(
-            f"{section}.onnx_file: {source}: ONNX file not found (export one with `rtdetr export`)"
-        )
+    info = inspect_onnx(source, f"{section}.onnx_file")
     if output.resolve() == source.resolve():
         raise UserError(f"{section}.output_file: the same file as {section}.onnx_file; choose another name")
     if output.exists() and not overwrite:
@@ -83,19 +80,19 @@ def quantize_onnx(
         raise UserError(
             f"{section}.calibration_method: {calibration_method!r} is not one of {CALIBRATION_METHODS}"
         )
-    meta, export_info = read_onnx_metadata(source)
+    meta, export_info = info.metadata, info.export_info
     if export_info.get("end_to_end"):
         raise UserError(
             f"{section}.onnx_file: {source} is an end-to-end export; quantize the raw-output export"
         )
     if export_info.get("quantization"):
         raise UserError(f"{section}.onnx_file: {source} is already quantized")
+    if info.input_size is None:
+        raise UserError(f"{section}.onnx_file: {source}: export with a fixed input_height and input_width")
     model = onnx.load(str(source))
-    shape = [d.dim_value if d.dim_value else None for d in model.graph.input[0].type.tensor_type.shape.dim]
-    batch = shape[0] or 1
-    size = tuple(export_info.get("input_size") or shape[2:])
-    found = calibration_images(cal_image_dir, batch, field=f"{section}.cal_image_dir")
-    paths = found[: max(batch, min(cal_images, len(found)) // batch * batch)]
+    batch = info.batch or 1
+    paths = calibration_images(cal_image_dir, batch, field=f"{section}.cal_image_dir")
+    count = max(batch, min(cal_images, len(paths)) // batch * batch)
     excluded = _matching_nodes(model, exclude_nodes)
     if exclude_nodes and not excluded:
         log.warning("%s.exclude_nodes: no node matches %s", section, list(exclude_nodes))
@@ -106,7 +103,8 @@ def quantize_onnx(
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantized = Path(tmp) / "quantized.onnx"
-        batches = calibration_batches(paths, size, preserve_aspect_ratio, batch, len(paths) // batch,
+        # all the files are offered: an unreadable one is replaced by the next
+        batches = calibration_batches(paths, info.input_size, preserve_aspect_ratio, batch, count // batch,
                                       field=f"{section}.cal_image_dir")  # fmt: skip
         chatter = io.StringIO()  # ONNX Runtime prints its calibration progress
         with contextlib.redirect_stdout(chatter):
@@ -121,7 +119,7 @@ def quantize_onnx(
         log.debug("%s", chatter.getvalue())
         result = onnx.load(str(quantized))
     summary = {
-        "calibration_method": calibration_method, "calibration_images": len(paths), "per_channel": per_channel,
+        "calibration_method": calibration_method, "calibration_images": count, "per_channel": per_channel,
         "op_types": list(op_types), "excluded_nodes": len(excluded), "source": str(source),
     }  # fmt: skip
     data = {**meta.to_dict(), "export": {**export_info, "quantization": summary}}

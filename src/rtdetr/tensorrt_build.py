@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from rtdetr.checkpoint import ModelMetadata
-from rtdetr.deploy import calibration
+from rtdetr.deploy import ENGINE_SUFFIXES, calibration
 from rtdetr.errors import UserError
 from rtdetr.fileio import atomic_write, atomic_write_text
 
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 DATA_TYPES = ("FP32", "FP16", "INT8")
 LAYER_PRECISIONS = ("fp32", "fp16", "int8")
-ENGINE_SUFFIXES = (".engine", ".trt", ".plan")
 INPUT_NAME = "inputs"
 INSTALL_HINT = "install the tensorrt extra (pip install 'rtdetr[tensorrt]') on a machine with an NVIDIA GPU"
 SECTION = "gen_trt_engine"
@@ -179,37 +178,15 @@ def profile_batches(
 
 def read_onnx_input(path: Path) -> tuple[ModelMetadata, dict, int | None, tuple[int, int]]:
     """(metadata, export settings, batch or None when dynamic, (h, w)) of an rtdetr ONNX file."""
-    import onnx
+    from rtdetr.export import inspect_onnx
 
-    from rtdetr.export import read_onnx_metadata
-
-    where = f"{SECTION}.onnx_file: {path}"
-    if not path.exists():
-        raise UserError(f"{where}: file not found; export one with `rtdetr export`")
-    if not path.is_file():
-        raise UserError(f"{where}: not a file")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and friends
+    info = inspect_onnx(path, f"{SECTION}.onnx_file")
+    if info.input_size is None:
         raise UserError(
-            f"{where}: not a readable ONNX file: {str(exc).splitlines()[0] if str(exc) else exc}"
-        ) from exc
-    try:
-        meta, export_info = read_onnx_metadata(proto)
-    except UserError:
-        raise UserError(
-            f"{where}: an ONNX file without rtdetr metadata; export it with `rtdetr export`"
-        ) from None
-    inputs = {i.name: i for i in proto.graph.input}
-    if INPUT_NAME not in inputs:
-        raise UserError(f"{where}: no input named {INPUT_NAME!r} (inputs: {', '.join(inputs)})")
-    dims = [
-        d.dim_value if d.HasField("dim_value") else None
-        for d in inputs[INPUT_NAME].type.tensor_type.shape.dim
-    ]
-    if len(dims) != 4 or dims[2] is None or dims[3] is None:
-        raise UserError(f"{where}: input {INPUT_NAME!r} must be [B, 3, H, W] with H and W fixed, got {dims}")
-    return meta, export_info, dims[0], (int(dims[2]), int(dims[3]))
+            f"{SECTION}.onnx_file: {path}: input {INPUT_NAME!r} must have a fixed height and width; "
+            "export with export.input_height and export.input_width"
+        )
+    return info.metadata, info.export_info, info.batch, info.input_size
 
 
 def check_build_settings(section) -> BuildSettings:

@@ -126,8 +126,6 @@ DOCUMENTED = {
     "inference.color_map": {},
     "inference.conf_threshold": 0.5,
     "inference.is_internal": False,
-    "inference.input_width": 960,
-    "inference.input_height": 544,
     "inference.outline_width": 3,
     # export
     "export.checkpoint": "???",
@@ -166,7 +164,12 @@ DOCUMENTED = {
 }
 
 # Fields whose documented default is deliberately different here (see their notes).
-DIFFERS = {"dataset.eval_class_ids": ([1], None)}
+DIFFERS = {
+    "dataset.eval_class_ids": ([1], None),
+    # TAO documents 960 x 544 but ignores them and runs at eval_spatial_size: null does that here
+    "inference.input_width": (960, None),
+    "inference.input_height": (544, None),
+}
 
 # dotted path -> (valid_min, valid_max, valid_options, automl_enabled) from the table
 METADATA = {

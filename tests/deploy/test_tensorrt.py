@@ -119,7 +119,7 @@ def test_spec_mistakes_are_one_clear_error(tiny_onnx, tmp_path, changes, message
 
 
 def test_onnx_file_problems(tiny_onnx, tiny_onnx_batch2, tmp_path, calibration_dir):
-    with pytest.raises(UserError, match=r"^gen_trt_engine.onnx_file: .*missing.onnx: file not found"):
+    with pytest.raises(UserError, match=r"^gen_trt_engine.onnx_file: .*missing.onnx: ONNX file not found"):
         tb.check_build_settings(_section(tmp_path / "missing.onnx", tmp_path))
     (tmp_path / "junk.onnx").write_bytes(b"\x00junk")
     with pytest.raises(UserError, match=r"^gen_trt_engine.onnx_file: .*junk.onnx: not a readable ONNX file"):

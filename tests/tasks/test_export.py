@@ -65,7 +65,7 @@ def test_onnx_runtime_matches_pytorch(exported, trained, batch):
     assert np.abs(boxes - reference[1].numpy()).max() <= 1e-4
 
 
-def test_fixed_batch_end_to_end_and_errors(cli, trained, tmp_path, caplog):
+def test_fixed_batch_end_to_end_and_errors(cli, trained, task_spec, tmp_path):
     common = [f"export.checkpoint={trained['checkpoint']}", "export.input_width=96", "export.input_height=96",
               f"results_dir={tmp_path / 'results'}"]  # fmt: skip
     spec = tmp_path / "spec.yaml"
@@ -79,14 +79,19 @@ def test_fixed_batch_end_to_end_and_errors(cli, trained, tmp_path, caplog):
     for ours, ref in zip(backend(images), reference):
         assert ours.shape == ref.shape and (ours - ref).abs().max() <= 1e-4
 
+    other = cli(
+        "export", "-e", spec, *common, f"export.onnx_file={tmp_path / 'other.onnx'}", "export.input_width=64"
+    )
+    assert other.code == 2 and "nvinfer_config.txt exists and describes another model" in other.error_lines[0]
+    assert not (tmp_path / "other.onnx").exists()  # nothing written
     again = cli("export", "-e", spec, *common, f"export.onnx_file={fixed}")
     assert again.code == 2 and "exists; remove it or set export.overwrite=true" in again.error_lines[0]
     assert cli("export", "-e", spec, *common, f"export.onnx_file={fixed}", "export.overwrite=true").code == 0
     old = cli(
-        "export", "-e", spec, *common, f"export.onnx_file={tmp_path / 'old.onnx'}", "export.opset_version=15"
+        "export", "-e", spec, *common, f"export.onnx_file={tmp_path / 'old' / 'old.onnx'}", "export.opset_version=15"
     )
     assert old.code == 2 and "export.opset_version: 15 is too old" in old.error_lines[0]
-    assert not (tmp_path / "old.onnx").exists()
+    assert not (tmp_path / "old" / "old.onnx").exists()
 
     e2e = tmp_path / "e2e.onnx"
     assert cli("export", "-e", spec, *common, f"export.onnx_file={e2e}", "export.end_to_end=true").code == 0

@@ -171,6 +171,24 @@ def test_a_folder_mixing_good_and_bad_files_processes_the_good_ones(cli, task_sp
     assert kpi["images"] == 2 and kpi["unreadable"] == 1
 
 
+def test_inputs_with_the_same_stem_keep_their_own_outputs(cli, task_spec, trained, tmp_path):
+    image = _test_images(trained)[0]
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(image, tmp_path / folder / "same.png")
+    shutil.copy(image, tmp_path / "one" / "same.jpg")  # another extension, the same stem
+    spec = task_spec(dataset={"infer_data_sources": {"image_dir": [str(tmp_path / "one"), str(tmp_path / "two")],
+                                                     "classmap": ""}})  # fmt: skip
+    assert cli("inference", "-e", spec).code == 0
+    out = tmp_path / "results" / "inference"
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["same.txt", "same_2.txt", "same_3.txt"]
+    assert sorted(p.name for p in (out / "images_annotated").iterdir()) == [
+        "same.jpg",
+        "same_2.png",
+        "same_3.png",
+    ]
+
+
 def test_a_video_gives_an_annotated_video_and_labels_per_frame(cli, task_spec, trained, tmp_path):
     frames = [Image.open(p).convert("RGB") for p in _test_images(trained)[:5]]
     video = tmp_path / "clip.mp4"

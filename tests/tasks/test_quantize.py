@@ -63,6 +63,7 @@ def test_evaluate_and_the_detector_run_it_close_to_fp32(
         ("quantize.output_file={exported}", "the same file as quantize.onnx_file"),
         ("quantize.cal_image_dir=[{tmp}/*.jpg]", "quantize.cal_image_dir[0]"),
         ("quantize.onnx_file={tmp}/none.onnx", "quantize.onnx_file: {tmp}/none.onnx: ONNX file not found"),
+        ("quantize.onnx_file={tmp}/spec.yaml", "not a readable ONNX file"),
         ("quantize.onnx_file={quantized}", "is already quantized"),
     ],
 )

@@ -491,13 +491,18 @@ class InferenceConfig:
         valid_min=0.0, valid_max=1.0,
     )  # fmt: skip
     is_internal: bool = spec_field(False, "Flag to render with internal directory structure.")
-    input_width: int = spec_field(
-        960, "Width of the input image tensor.", valid_min=32,
-        note="Honoured (TAO ignores it).",
+    input_width: int | None = spec_field(
+        None, "Width of the input image tensor; null uses dataset.augmentation.eval_spatial_size.",
+        valid_min=32,
+        note="TAO documents 960 but ignores the field and runs at eval_spatial_size; here null does that "
+        "and a set value is honoured.",
     )  # fmt: skip
-    input_height: int = spec_field(
-        544, "Height of the input image tensor.", valid_min=32, note="Honoured (TAO ignores it)."
-    )
+    input_height: int | None = spec_field(
+        None, "Height of the input image tensor; null uses dataset.augmentation.eval_spatial_size.",
+        valid_min=32,
+        note="TAO documents 544 but ignores the field and runs at eval_spatial_size; here null does that "
+        "and a set value is honoured.",
+    )  # fmt: skip
     outline_width: int = spec_field(
         3, "Width in pixels of the bounding box outline.", valid_min=1, note="Honoured (TAO ignores it)."
     )

@@ -43,9 +43,10 @@ def list_inputs(
     seen: set[Path] = set()
 
     def add(path: Path, named: bool) -> None:
-        if path in seen:
+        key = path.resolve()  # one file named two ways is still one input
+        if key in seen:
             return
-        seen.add(path)
+        seen.add(key)
         suffix = path.suffix.lower()
         if suffix in VIDEO_EXTENSIONS:
             found.videos.append(path)

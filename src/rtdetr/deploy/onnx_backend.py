@@ -14,18 +14,23 @@ from rtdetr.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def _providers(device: str | None) -> list[str]:
+def _providers(device: str | None) -> list:
+    """ONNX Runtime's providers for ``device``: None uses CUDA when ONNX Runtime and torch see a GPU."""
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
-    wants_cuda = device is None or str(device).startswith("cuda")
-    if wants_cuda and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device is not None and str(device).startswith("cuda"):
+    from rtdetr.deploy.torch_backend import resolve_device
+
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device is None:
+        device = "cuda" if has_cuda and torch.cuda.is_available() else "cpu"
+    chosen = resolve_device(device)
+    if chosen.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if not has_cuda:
         raise UserError(
             f"device {device}: ONNX Runtime here has no CUDA provider (install onnxruntime-gpu); use cpu"
         )
-    return ["CPUExecutionProvider"]
+    return [("CUDAExecutionProvider", {"device_id": chosen.index or 0}), "CPUExecutionProvider"]
 
 
 class OnnxBackend:
@@ -38,17 +43,11 @@ class OnnxBackend:
     def __init__(self, path: str | os.PathLike, device: str | None = None, threads: int | None = None):
         import onnxruntime as ort
 
-        from rtdetr.export import read_onnx_metadata
+        from rtdetr.export import inspect_onnx
 
         self.path = Path(path)
-        if not self.path.is_file():
-            raise UserError(f"{self.path}: ONNX file not found")
-        try:
-            self.metadata, self.export_info = read_onnx_metadata(self.path)
-        except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
-            if isinstance(exc, UserError):
-                raise
-            raise UserError(f"{self.path}: not a readable ONNX file: {exc}") from exc
+        info = inspect_onnx(self.path)
+        self.metadata, self.export_info = info.metadata, info.export_info
         if self.export_info.get("end_to_end"):
             raise UserError(
                 f"{self.path}: an end-to-end export (postprocess inside); evaluate, inference and the "
@@ -62,9 +61,7 @@ class OnnxBackend:
             self.session = ort.InferenceSession(str(self.path), options, providers=_providers(device))
         except Exception as exc:  # onnxruntime raises its own exception types
             raise UserError(f"{self.path}: ONNX Runtime cannot load it: {str(exc).splitlines()[0]}") from exc
-        shape = self.session.get_inputs()[0].shape  # [B, 3, H, W]; str entries are dynamic axes
-        self.batch_size = shape[0] if isinstance(shape[0], int) else None
-        self.input_size = (shape[2], shape[3]) if all(isinstance(v, int) for v in shape[2:]) else None
+        self.batch_size, self.input_size = info.batch, info.input_size
         self.name = f"onnxruntime ({self.session.get_providers()[0]})"
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

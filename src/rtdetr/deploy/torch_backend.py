@@ -23,6 +23,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise UserError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {device}: no CUDA GPU is available here; use cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device {device}: use cpu, cuda or cuda:N")
     return device
 
 

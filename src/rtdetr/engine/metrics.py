@@ -98,20 +98,18 @@ def _mean(values: np.ndarray) -> float:
 
 
 def _empty(coco_gt: COCO, class_ids: Sequence[int] | None) -> dict:
+    """The metrics of no detections: 0, or -1 (undefined) for a class without ground truth."""
     cats = list(class_ids) if class_ids is not None else sorted(coco_gt.cats)
+    with_boxes = {a["category_id"] for a in coco_gt.dataset["annotations"] if not a.get("iscrowd", 0)}
+    rows = []
+    for c in cats:
+        value = 0.0 if c in with_boxes else -1.0
+        name = coco_gt.cats.get(c, {}).get("name", str(c))
+        rows.append({"category_id": int(c), "name": name, "AP": value, "AP50": value, "AR100": value})
     return {
         "stats": dict.fromkeys(STAT_NAMES, 0.0),
-        "pr50": {int(c): [0.0] * 101 for c in cats},
-        "per_class": [
-            {
-                "category_id": int(c),
-                "name": coco_gt.cats.get(c, {}).get("name", str(c)),
-                "AP": 0.0,
-                "AP50": 0.0,
-                "AR100": 0.0,
-            }
-            for c in cats
-        ],
+        "pr50": {int(c): [0.0 if c in with_boxes else -1.0] * 101 for c in cats},
+        "per_class": rows,
     }
 
 

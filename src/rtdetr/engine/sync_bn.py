@@ -49,8 +49,8 @@ class _GlobalBatchNorm(torch.autograd.Function):
         local = torch.cat(
             [dy.sum((0, 2, 3), dtype=torch.float64), (dy * xmu).sum((0, 2, 3), dtype=torch.float64)]
         )
-        grad_bias = local[:channels].to(dy.dtype)  # this rank's share; DDP averages the ranks'
-        grad_weight = (local[channels:] * invstd).to(dy.dtype)
+        grad_bias = local[:channels].to(dy.dtype).clone()  # this rank's share (DDP averages the ranks');
+        grad_weight = (local[channels:] * invstd).to(dy.dtype)  # copies before the in-place all_reduce
         dist.all_reduce(local)
         sum_dy, sum_dy_xmu = local[:channels].to(dy.dtype), local[channels:].to(dy.dtype)
         scale = (invstd * weight)[None, :, None, None]

@@ -6,10 +6,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
 from rtdetr.config import ExperimentConfig
 from rtdetr.errors import UserError
 from rtdetr.fileio import atomic_write_text
@@ -40,13 +36,12 @@ def model_file(cfg: ExperimentConfig, section: str) -> str:
 
 
 def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> dict:
-    from rtdetr.data.dataset import CocoDetection
-    from rtdetr.data.transforms import EvalPreset
     from rtdetr.detector import Detector
-    from rtdetr.engine.data import make_loader, read_sources, report_source
-    from rtdetr.engine.metrics import coco_ground_truth, coco_results, evaluate_coco
+    from rtdetr.engine.data import ISSUES_LOG, read_sources, report_source
+    from rtdetr.engine.metrics import coco_ground_truth, evaluate_coco
     from rtdetr.evaluation import (
         confusion_matrix,
+        detect_dataset,
         metrics_table,
         plot_confusion,
         plot_pr_curves,
@@ -64,6 +59,7 @@ def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> dict:
             f"dataset.num_classes is {d.num_classes} but the model {model_file(cfg, 'evaluate')} has "
             f"{detector.num_classes} classes; set dataset.num_classes={detector.num_classes}"
         )
+    (results_dir / ISSUES_LOG).unlink(missing_ok=True)
     source = read_sources(cfg, "test")
     report_source(source, "test", results_dir)
     gt = coco_ground_truth(source.records, source.label_to_category, source.categories)
@@ -76,28 +72,8 @@ def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> dict:
                 f"(categories: {', '.join(map(str, sorted(known)))})"
             )
 
-    loader = make_loader(
-        CocoDetection(source.records, EvalPreset(size, d.augmentation.preserve_aspect_ratio), dataset_type=d.dataset_type),
-        batch_size=d.batch_size, workers=d.workers, pin_memory=False, train=False, seed=0,
-    )  # fmt: skip
-    to_category = np.asarray(source.label_to_category)
-    results: list[dict] = []
-    with tqdm(total=len(source.records), unit="img", desc="evaluate", disable=None) as bar:
-        for images, targets in loader:
-            canvas = torch.stack([t["canvas_size"] for t in targets])
-            orig = torch.stack([t["orig_size"] for t in targets])
-            for t, det in zip(targets, detector.detect_batch(images, canvas, orig, ev.conf_threshold)):
-                results += coco_results(
-                    [int(t["image_id"])], [det.boxes], [det.scores], [to_category[det.labels]]
-                )
-            bar.update(len(targets))
-    unmapped = sum(1 for r in results if r["category_id"] < 0)
-    if unmapped:
-        log.warning(
-            "%d detections of classes without a category in the test data are not evaluated", unmapped
-        )
-        results = [r for r in results if r["category_id"] >= 0]
-
+    results = detect_dataset(detector, source, ev.conf_threshold, batch_size=d.batch_size, workers=d.workers,
+                             dataset_type=d.dataset_type)  # fmt: skip
     atomic_write_text(results_dir / PREDICTIONS_JSON, json.dumps(results) + "\n")
     metrics = evaluate_coco(gt, results, class_ids=class_ids)
     stats, per_class = metrics["stats"], metrics["per_class"]
@@ -115,7 +91,7 @@ def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> dict:
         "test_data": source.json_files,
         "images": len(source.records),
         "detections": len(results),
-        "input_size": size,
+        "input_size": list(detector.input_size),
         "conf_threshold": ev.conf_threshold,
         "eval_class_ids": class_ids,
         "stats": stats,

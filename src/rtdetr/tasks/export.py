@@ -17,7 +17,7 @@ PARITY_WARN = 1e-3  # ONNX Runtime vs PyTorch on a random batch: warn above this
 
 def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Path:
     from rtdetr.checkpoint import load_model
-    from rtdetr.export import deepstream_files, export_onnx
+    from rtdetr.export import check_deepstream_files, deepstream_files, export_onnx, write_deepstream_files
 
     e = cfg.export
     model = load_model(e.checkpoint)
@@ -25,6 +25,10 @@ def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Path:
     for name, value in (("input_height", e.input_height), ("input_width", e.input_width)):
         if value % 32:
             log.warning("export.%s %d is not a multiple of 32 (the coarsest feature stride)", name, value)
+    deepstream = (
+        {} if e.end_to_end else deepstream_files(e.onnx_file, model.metadata, e.input_height, e.input_width)
+    )
+    check_deepstream_files(deepstream, e.overwrite)
     path = export_onnx(
         model, model.metadata, e.onnx_file, height=e.input_height, width=e.input_width, batch_size=e.batch_size,
         opset=e.opset_version, end_to_end=e.end_to_end, num_select=cfg.model.num_select, device=device,
@@ -32,23 +36,23 @@ def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Path:
     )  # fmt: skip
     kpi = {}
     if not e.end_to_end:
-        diff = parity(path, e.checkpoint, e.input_height, e.input_width, max(e.batch_size, 1))
+        diff = parity(path, model, e.input_height, e.input_width, max(e.batch_size, 1))
         kpi["max_abs_diff_vs_pytorch"] = diff
         (log.warning if diff > PARITY_WARN else log.info)(
             "ONNX Runtime vs PyTorch on a random batch: max abs difference %.2e", diff
         )
-        for written in deepstream_files(path, model.metadata, e.input_height, e.input_width):
+        for written in write_deepstream_files(deepstream, model.metadata):
             log.info("wrote %s", written)
     status.write("RUNNING", f"Exported {path}.", kpi=kpi)
     print(f"exported: {path}")
     return path
 
 
-def parity(onnx_path: Path, checkpoint: str, height: int, width: int, batch: int) -> float:
-    """Max abs difference of pred_logits and pred_boxes, ONNX Runtime (CPU) vs the checkpoint in PyTorch."""
+def parity(onnx_path: Path, model: torch.nn.Module, height: int, width: int, batch: int) -> float:
+    """Max abs difference of pred_logits and pred_boxes, ONNX Runtime (CPU) vs ``model`` (unfused) in PyTorch."""
     from rtdetr.deploy import OnnxBackend, TorchBackend
 
     images = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(0))
-    ours = TorchBackend.from_checkpoint(checkpoint, device="cpu", fuse=False)(images)
+    ours = TorchBackend(model, model.metadata, torch.device("cpu"), fuse=False)(images)
     theirs = OnnxBackend(onnx_path, device="cpu")(images)
     return max(float((a - b).abs().max()) for a, b in zip(ours, theirs))

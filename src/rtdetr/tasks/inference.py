@@ -8,7 +8,7 @@ from pathlib import Path
 from rtdetr.config import ExperimentConfig
 from rtdetr.errors import UserError
 from rtdetr.status import StatusLogger
-from rtdetr.tasks.evaluate import model_file
+from rtdetr.tasks.evaluate import input_size, model_file
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger):
     source = d.infer_data_sources
     inputs = list_inputs(list(source.image_dir))
     detector = Detector.from_file(
-        model_file(cfg, "inference"), input_size=(inf.input_height, inf.input_width),
+        model_file(cfg, "inference"), input_size=input_size(cfg, "inference"),
         preserve_aspect_ratio=d.augmentation.preserve_aspect_ratio, num_select=cfg.model.num_select,
     )  # fmt: skip
     if source.classmap:
