@@ -7,10 +7,12 @@ in /tmp/rtdetr_bench_bccd). For each input size it
 1. exports it with `rtdetr export` (fixed batch 1, that size) and quantizes it with `rtdetr quantize`
    (calibrated on --cal-images BCCD train images, the quantize spec's defaults otherwise);
 2. loads the same weights into transformers' RTDetrForObjectDetection (ours_state_dict_to_hf) and
-   checks that PyTorch, transformers and ONNX Runtime FP32 agree on one image;
-3. times batch-1 inference in interleaved rounds (every round runs each variant once, rotating the
-   order): ours in PyTorch eager (deploy-fused, `torch.inference_mode`), ONNX Runtime FP32 and INT8
-   (CPU provider, all graph optimisations), transformers eager; the same threads everywhere;
+   checks that PyTorch, transformers and ONNX Runtime FP32 agree (to 1e-3) on a BCCD test image;
+3. times batch-1 inference on a BCCD test image in interleaved rounds (every round runs each variant
+   once, rotating the order, after a --settle pause), each variant in a process of its own (so no
+   runtime's spinning idle threads compete with the next one): ours in PyTorch eager (deploy-fused, `torch.inference_mode`), ONNX
+   Runtime FP32 and INT8 (CPU provider, all graph optimisations), transformers eager; the same
+   threads everywhere;
 4. evaluates the FP32 and INT8 ONNX files on BCCD's test split with `rtdetr evaluate` (mAP, mAP50).
 
 Targets: ONNX Runtime FP32 <= 0.7x transformers' eager latency; INT8 <= 0.5x ONNX Runtime FP32 with
@@ -96,39 +98,85 @@ def evaluate(model: Path, size: int, args, folder: Path) -> dict:
     return json.loads((out / "results.json").read_text())["stats"]
 
 
-def bench_size(size: int, args, folder: Path) -> dict:
+def make_runner(name: str, files: dict[str, str], checkpoint: str, threads: int):
+    """A callable images -> (pred_logits, pred_boxes) for one variant."""
     from rtdetr.deploy import OnnxBackend, TorchBackend
 
-    files = prepare(size, args, folder)
-    runners = {
-        "pytorch": TorchBackend.from_checkpoint(args.checkpoint, device="cpu"),  # deploy-fused
-        "ort_fp32": OnnxBackend(files["fp32"], device="cpu", threads=args.threads),
-        "ort_int8": OnnxBackend(files["int8"], device="cpu", threads=args.threads),
-    }
-    hf = hf_twin(args.checkpoint)
-    image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    torch.set_num_threads(threads)
+    if name == "pytorch":
+        return TorchBackend.from_checkpoint(checkpoint, device="cpu")  # deploy-fused
+    if name.startswith("ort_"):
+        return OnnxBackend(files[name.removeprefix("ort_")], device="cpu", threads=threads)
+    hf = hf_twin(Path(checkpoint))
 
     def transformers(images):
         with torch.inference_mode():
             out = hf(pixel_values=images)
-        return out.logits, out.pred_boxes
+        return out.logits.float(), out.pred_boxes.float()
 
-    calls = {**runners, "transformers": transformers}
-    ref = [t.numpy() for t in runners["pytorch"](image)]
+    return transformers
+
+
+def worker(name: str, files: dict[str, str], checkpoint: str, threads: int, conn) -> None:
+    """Serve ("run", images) -> (outputs, ms) and ("stop",) in a process of its own, so that no other
+    runtime's threads (e.g. torch's spinning OpenMP pool) share its process."""
+    runner = make_runner(name, files, checkpoint, threads)
+    conn.send("ready")
+    while True:
+        cmd = conn.recv()
+        if cmd[0] == "stop":
+            return
+        images = torch.from_numpy(cmd[1])
+        start = time.perf_counter()
+        out = runner(images)
+        ms = 1000 * (time.perf_counter() - start)
+        conn.send(([t.detach().numpy() for t in out] if cmd[2] else None, ms))
+
+
+def bench_size(size: int, args, folder: Path) -> dict:
+    import multiprocessing as mp
+
+    from rtdetr.data.images import load_image
+    from rtdetr.deploy import TorchBackend
+    from rtdetr.detector import Detector
+    from rtdetr.tasks.export import output_difference
+
+    files = prepare(size, args, folder)
+    first = json.loads((args.data / "annotations" / "instances_test.json").read_text())["images"][0]
+    detector = Detector(TorchBackend.from_checkpoint(args.checkpoint, device="cpu"), input_size=(size, size))
+    image = detector.prepare(load_image(args.data / "images" / first["file_name"]))[0][None].numpy()
+    ctx = mp.get_context("spawn")
+    conns, procs = {}, []
+    for name in VARIANTS:
+        conns[name], child = ctx.Pipe()
+        proc = ctx.Process(target=worker, args=(name, {k: str(v) for k, v in files.items()}, str(args.checkpoint),
+                                                args.threads, child), daemon=True)  # fmt: skip
+        proc.start()
+        procs.append(proc)
+    for name in VARIANTS:
+        assert conns[name].recv() == "ready", name
+
+    def call(name: str, keep: bool = False):
+        time.sleep(args.settle)  # the previous variant's idle threads stop spinning before this one runs
+        conns[name].send(("run", image, keep))
+        return conns[name].recv()
+
+    ref = [torch.from_numpy(t) for t in call("pytorch", keep=True)[0]]
     agree = {}
     for name in ("transformers", "ort_fp32"):
-        got = [t.detach().numpy() for t in calls[name](image)]
-        agree[name] = float(max(np.abs(a - b).max() for a, b in zip(ref, got)))
+        agree[name] = output_difference(ref, [torch.from_numpy(t) for t in call(name, keep=True)[0]])
         if agree[name] > 1e-3:
             raise SystemExit(f"{size}: {name} differs from PyTorch by {agree[name]:.2e}")
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for i in range(args.warmup + args.iters):
-        order = VARIANTS[i % 4 :] + VARIANTS[: i % 4]
-        for name in order:
-            start = time.perf_counter()
-            calls[name](image)
+        for name in VARIANTS[i % 4 :] + VARIANTS[: i % 4]:
+            ms = call(name)[1]
             if i >= args.warmup:
-                times[name].append(1000 * (time.perf_counter() - start))
+                times[name].append(ms)
+    for name in VARIANTS:
+        conns[name].send(("stop",))
+    for proc in procs:
+        proc.join(timeout=60)
     stats = {name: {"median_ms": statistics.median(t), "p90_ms": float(np.percentile(t, 90)), "min_ms": min(t)}
              for name, t in times.items()}  # fmt: skip
     accuracy = {name: evaluate(path, size, args, folder) for name, path in files.items()}
@@ -174,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--cal-images", type=int, default=100)
+    parser.add_argument("--settle", type=float, default=0.2, help="seconds of pause before each timed run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     check_bccd(parser, args.data)
@@ -193,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command_line(argv),
         "machine": machine(args.threads, onnxruntime=onnxruntime.__version__, transformers=transformers.__version__),
         "settings": {"checkpoint": str(args.checkpoint), "batch": 1, "warmup": args.warmup, "iters": args.iters,
-                     "cal_images": args.cal_images},
+                     "cal_images": args.cal_images, "settle_s": args.settle},
         "results": results,
         "fp32_target": target_verdict(f"ORT FP32 <= {FP32_TARGET}x transformers", FP32_TARGET, fp32_ok),
         "int8_target": target_verdict(f"INT8 <= {INT8_TARGET}x ORT FP32, mAP50 loss <= 1 point", INT8_TARGET, int8_ok),
