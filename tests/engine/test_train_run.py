@@ -249,9 +249,10 @@ def test_ddp_two_cpu_processes_reach_the_metrics_of_one_process(squares, spec_fi
     """2 processes (gloo) x batch 4 against 1 process x batch 8, same seed, data order and schedule.
 
     The first step is the same up to float summation order (test above). Over many steps that
-    noise flips Hungarian assignments and the runs drift apart like two seeds, so the validation
-    mAP50 after 8 epochs (lr decayed after 6) is compared within 0.15 (stated tolerance; measured
-    differences 0.07-0.12)."""
+    noise flips Hungarian assignments and the runs drift apart like two seeds: the single-process
+    run with seeds 7, 8, 9, 10 ends at val mAP50 0.82, 0.65, 0.75, 0.67, and DDP runs measured
+    0.61-0.89. Both must learn (mAP50 > 0.45) and agree within 0.25 (stated tolerance: the seed
+    spread plus a margin)."""
     common = {"train": {"num_epochs": 8, "validation_interval": 8, "checkpoint_interval": 8,
                         "optim": {"lr_steps": [6], "lr_decay": 0.1}},
               "model": {"dn_number": 0}}  # fmt: skip
@@ -264,5 +265,5 @@ def test_ddp_two_cpu_processes_reach_the_metrics_of_one_process(squares, spec_fi
     ddp = _run("-q", "train", "-e", str(two), "train.num_gpus=2", "train.gpu_ids=[0,1]")
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     a, b = _final_kpi(tmp_path / "one" / "train"), _final_kpi(tmp_path / "two" / "train")
-    assert a["val_mAP50"] > 0.4 and b["val_mAP50"] > 0.4, (a, b)
-    assert abs(a["val_mAP50"] - b["val_mAP50"]) <= 0.15, (a, b)
+    assert a["val_mAP50"] > 0.45 and b["val_mAP50"] > 0.45, (a, b)
+    assert abs(a["val_mAP50"] - b["val_mAP50"]) <= 0.25, (a, b)
