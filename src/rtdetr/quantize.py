@@ -68,6 +68,16 @@ def _matching_nodes(model: onnx.ModelProto, patterns: Sequence[str]) -> list[str
     return [n.name for n in model.graph.node if any(fnmatch.fnmatchcase(n.name, p) for p in patterns)]
 
 
+def _activation_matmuls(model: onnx.ModelProto) -> list[str]:
+    """The MatMul nodes whose second input is not a weight (attention's query-key and weights-value
+    products). ONNX Runtime's QDQ quantizer ignores its ``MatMulConstBOnly`` option and would
+    quantize them, and the softmax between them with them: slower (its QLinearSoftmax costs more
+    than the float one) and less accurate."""
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in constants]
+
+
 def quantize_onnx(
     onnx_file: str | os.PathLike,
     output_file: str | os.PathLike,
@@ -122,6 +132,7 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory(prefix="rtdetr_quantize_") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        float_matmuls = _activation_matmuls(onnx.load(str(prepared), load_external_data=False))
         quantized = Path(tmp) / "quantized.onnx"
         # all the files are offered: an unreadable one is replaced by the next
         batches = list(calibration_batches(paths, info.input_size, preserve_aspect_ratio, batch, count // batch,
@@ -133,15 +144,16 @@ def quantize_onnx(
             quant_format=QuantFormat.QDQ, per_channel=per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=getattr(CalibrationMethod, calibration_method),
-            op_types_to_quantize=list(op_types), nodes_to_exclude=excluded,
+            op_types_to_quantize=list(op_types), nodes_to_exclude=excluded + float_matmuls,
             extra_options={"CalibMovingAverage": False, "CalibStridedMinMax": _chunk(len(batches)),
-                           "MatMulConstBOnly": True},
+                           "MatMulConstBOnly": True},  # honoured by the QOperator format only
             )  # fmt: skip
         log.debug("%s", chatter.getvalue())
         result = onnx.load(str(quantized))
     summary = {
         "calibration_method": calibration_method, "calibration_images": count, "per_channel": per_channel,
-        "op_types": list(op_types), "excluded_nodes": len(excluded), "source": str(source),
+        "op_types": list(op_types), "excluded_nodes": len(excluded), "float_matmuls": len(float_matmuls),
+        "source": str(source),
     }  # fmt: skip
     data = {**meta.to_dict(), "export": {**export_info, "quantization": summary}}
     del result.metadata_props[:]

@@ -39,6 +39,31 @@ def test_the_int8_model_keeps_the_contract_and_metadata(quantized, exported):
     assert info["quantization"]["calibration_method"] == "Percentile" and info["quantization"]["per_channel"]
 
 
+
+def test_attention_products_and_softmax_stay_float(quantized):
+    """ONNX Runtime's QDQ quantizer ignores MatMulConstBOnly: without our exclusion attention's
+    activation-by-activation MatMuls (and the softmax between them) were quantized, which made the
+    INT8 model slower (QLinearSoftmax) and less accurate."""
+    proto = onnx.load(str(quantized))
+    weights = {t.name for t in proto.graph.initializer}
+    produced_by = {o: n for n in proto.graph.node for o in n.output}
+    matmuls = [n for n in proto.graph.node if n.op_type == "MatMul"]
+
+    def dequantized(name: str) -> bool:
+        return name in produced_by and produced_by[name].op_type == "DequantizeLinear"
+
+    def is_weight(name: str) -> bool:  # a weight, possibly behind its DequantizeLinear
+        return name in weights or (dequantized(name) and produced_by[name].input[0] in weights)
+
+    activation = [n for n in matmuls if not is_weight(n.input[1])]
+    linear = [n for n in matmuls if is_weight(n.input[1])]
+    assert activation and linear  # the encoder's and decoder's attention; the linear layers
+    assert not any(dequantized(i) for n in activation for i in n.input), [n.name for n in activation]
+    assert all(dequantized(n.input[0]) and dequantized(n.input[1]) for n in linear)
+    softmax = [n for n in proto.graph.node if n.op_type == "Softmax"]
+    assert softmax and not any(dequantized(n.input[0]) for n in softmax)
+
+
 def test_evaluate_and_the_detector_run_it_close_to_fp32(
     cli, task_spec, quantized, exported, trained, tmp_path
 ):

@@ -161,8 +161,13 @@ def fuse_sequential_conv_norms_(module: nn.Module) -> nn.Module:
 
 def max_pool_3x3_s2(x: torch.Tensor) -> torch.Tensor:
     """`F.max_pool2d(x, 3, stride=2, padding=1)`, bit-exact (max is exact), computed as maxima of strided
-    views: several times faster than ATen's CPU kernel for NCHW maps. Exported graphs use max_pool2d."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export() or x.dim() != 4:
+    views: several times faster than ATen's CPU kernel for NCHW maps without autograd. Where a gradient
+    is needed, ATen's kernel (the maxima's backward costs ~4x max_pool2d's forward and backward
+    together); exported graphs use max_pool2d too."""
+    if (
+        (x.requires_grad and torch.is_grad_enabled())
+        or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export() or x.dim() != 4
+    ):  # fmt: skip
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
     x = F.pad(x, [1, 1, 1, 1], value=float("-inf"))
     x = torch.maximum(torch.maximum(x[:, :, :-2:2], x[:, :, 1:-1:2]), x[:, :, 2::2])
