@@ -5,7 +5,8 @@ tests/model/test_hf_parity.py, num_labels 80), random variance-preserving weight
 (``rtdetr.testing.randomize_``) built in transformers and converted to ours, so both start equal.
 A training step is: forward with the targets (denoising queries on), the loss, backward, AdamW step.
 
-- ours: ``build_model(**model_args_from_hf_config(cfg))``, the criterion the engine builds
+- ours: ``build_model(**model_args_from_hf_config(cfg))`` prepared as the engine prepares it
+  (``use_channels_last``: convolution weights and images NHWC), the criterion the engine builds
   (``build_criterion(load_spec({}).model, 80)``), ``rtdetr.loss.total_loss``, the engine's AdamW
   parameter groups (``param_groups`` / ``build_optimizer`` with the default optim section);
 - transformers: ``model(pixel_values=..., labels=...)`` and its own loss (``outputs.loss``),
@@ -89,6 +90,7 @@ class Side:
             return self.model(pixel_values=images, labels=labels).loss
         from rtdetr.loss import total_loss
 
+        images = images.contiguous(memory_format=torch.channels_last)  # as DetectionModule does
         return total_loss(self.criterion(self.model(images, targets), targets))
 
     def final_layer_losses(self, images: torch.Tensor, targets: list[dict]) -> dict[str, float]:
@@ -127,11 +129,13 @@ def build_side(name: str, settings: dict, conn) -> Side:
         return Side(name, model.train(), optimizer)
 
     from rtdetr.config import load_spec
+    from rtdetr.engine.model_setup import use_channels_last
     from rtdetr.engine.trainer import build_criterion
     from rtdetr.model import build_model
 
     model = build_model(**conn.recv())
     model.load_state_dict(torch.load(settings["weights"], mmap=True, weights_only=True), strict=True)
+    use_channels_last(model)  # as `rtdetr train` does (except under FSDP)
     spec = load_spec({})
     return Side(name, model.train(), engine_optimizer(model, spec), build_criterion(spec.model, NUM_LABELS))
 

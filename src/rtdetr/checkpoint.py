@@ -80,7 +80,8 @@ def save_checkpoint(
     from rtdetr import __version__
 
     meta = dataclasses.replace(meta, toolkit_version=__version__)
-    state = {STATE_PREFIX + k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # contiguous: a model trained channels-last writes the same layout as any other
+    state = {STATE_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {"state_dict": state, "rtdetr": meta.to_dict(), **extra}
     return atomic_write(path, lambda fh: torch.save(payload, fh), mode="wb")
 

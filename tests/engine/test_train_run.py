@@ -68,6 +68,9 @@ def test_small_model_learns_with_tao_outputs(squares, spec_file, tmp_path):
     # the checkpoint rebuilds the model alone, with class names from the data
     model = load_model(results / "model_epoch_007.pth")
     assert model.metadata.class_names == ["class_0", "red", "green"]
+    # trained channels-last, saved in the usual layout
+    state = torch.load(results / "model_epoch_007.pth", weights_only=False)["state_dict"]
+    assert all(t.is_contiguous() for t in state.values())
     assert model.metadata.category_ids == [-1, 1, 2]
 
 
@@ -201,7 +204,10 @@ def test_ddp_step_equals_one_process_step(tmp_path, spec_file):
     Both start from the same saved weights and see the same 8 images: data sharding, gradient
     averaging, the loss normalised by the target count across ranks and the global BatchNorm
     statistics must together give the single-process update, up to the float summation order: the
-    updates agree to 1e-4 of their size (stated tolerance; measured 6e-6). The backbone is frozen
+    updates agree to 1e-3 of their size (stated tolerance; measured 3.5e-4: the single process's
+    channels-last BatchNorm sums in float32, ~1e-6 relative, the global BatchNorm of the 2 processes in
+    float64; with contiguous weights 6e-6). A real fault (gradients not averaged, the loss not
+    normalised across ranks, per-rank BatchNorm statistics) changes a large fraction of it. The backbone is frozen
     (its BatchNorm statistics still update): its max pooling sends a gradient to the arg-max of each
     window, and float-order noise flips near-ties there, which alone moves backbone gradients by
     ~1e-3 between two float32 runs."""
@@ -237,7 +243,7 @@ def test_ddp_step_equals_one_process_step(tmp_path, spec_file):
     step = torch.cat([(w1[k] - w0[k]).flatten() for k in params])
     diff = torch.cat([(w2[k] - w1[k]).flatten() for k in params])
     assert step.norm() > 1e-3  # the step moved the weights
-    assert diff.norm() <= 1e-4 * step.norm(), (diff.norm().item(), step.norm().item())
+    assert diff.norm() <= 1e-3 * step.norm(), (diff.norm().item(), step.norm().item())
     stats = [k for k in w0 if "running_" in k]  # BatchNorm statistics of the whole global batch
     worst = max((w2[k] - w1[k]).abs().max().item() for k in stats)
     assert worst <= 1e-4, worst

@@ -88,7 +88,12 @@ def test_fixed_batch_end_to_end_and_errors(cli, trained, task_spec, tmp_path):
     assert again.code == 2 and "exists; remove it or set export.overwrite=true" in again.error_lines[0]
     assert cli("export", "-e", spec, *common, f"export.onnx_file={fixed}", "export.overwrite=true").code == 0
     old = cli(
-        "export", "-e", spec, *common, f"export.onnx_file={tmp_path / 'old' / 'old.onnx'}", "export.opset_version=15"
+        "export",
+        "-e",
+        spec,
+        *common,
+        f"export.onnx_file={tmp_path / 'old' / 'old.onnx'}",
+        "export.opset_version=15",
     )
     assert old.code == 2 and "export.opset_version: 15 is too old" in old.error_lines[0]
     assert not (tmp_path / "old" / "old.onnx").exists()

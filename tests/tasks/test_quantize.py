@@ -39,7 +39,6 @@ def test_the_int8_model_keeps_the_contract_and_metadata(quantized, exported):
     assert info["quantization"]["calibration_method"] == "Percentile" and info["quantization"]["per_channel"]
 
 
-
 def test_attention_products_and_softmax_stay_float(quantized):
     """ONNX Runtime's QDQ quantizer ignores MatMulConstBOnly: without our exclusion attention's
     activation-by-activation MatMuls (and the softmax between them) were quantized, which made the

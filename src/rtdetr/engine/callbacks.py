@@ -46,6 +46,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file and renames it: a kill never leaves half a file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if "state_dict" in checkpoint:  # weights of a channels-last model in the usual layout
+            checkpoint = {
+                **checkpoint,
+                "state_dict": {k: v.contiguous() for k, v in checkpoint["state_dict"].items()},
+            }
         atomic_write(path, lambda fh: torch.save(checkpoint, fh), mode="wb")
 
 

@@ -60,6 +60,7 @@ class DetectionModule(L.LightningModule):
         label_to_category: Sequence[int] | None = None,
         val_gt: dict | None = None,
         seed: int = -1,
+        channels_last: bool = False,
     ):
         super().__init__()
         self.model = model
@@ -72,10 +73,14 @@ class DetectionModule(L.LightningModule):
         self.label_to_category = None if label_to_category is None else list(label_to_category)
         self.val_gt = val_gt
         self.seed = seed
+        self.channels_last = channels_last  # the model's convolution weights are (see use_channels_last)
         self._val_results: list[dict] = []
 
     def forward(self, images: torch.Tensor) -> dict:
-        return self.model(images)
+        return self.model(self._layout(images))
+
+    def _layout(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     # ----------------------------------------------------------------------------- training
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
@@ -84,7 +89,7 @@ class DetectionModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
-        outputs = self.model(images, targets)
+        outputs = self.model(self._layout(images), targets)
         losses = self.criterion(outputs, targets)
         loss = total_loss(losses)
         bad = not bool(torch.isfinite(loss.detach()))
@@ -119,7 +124,7 @@ class DetectionModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, targets = batch
-        outputs = self.model(images)
+        outputs = self.model(self._layout(images))
         losses = self.criterion(outputs, targets)
         self.log("val_loss", total_loss(losses), on_epoch=True, batch_size=images.shape[0], sync_dist=True)
         canvas = torch.stack([t["canvas_size"] for t in targets])
