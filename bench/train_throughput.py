@@ -10,7 +10,8 @@ A training step is: forward with the targets (denoising queries on), the loss, b
   (``build_criterion(load_spec({}).model, 80)``), ``rtdetr.loss.total_loss``, the engine's AdamW
   parameter groups (``param_groups`` / ``build_optimizer`` with the default optim section);
 - transformers: ``model(pixel_values=..., labels=...)`` and its own loss (``outputs.loss``),
-  ``torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)``.
+  ``torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)`` (the fused kernel, as
+  transformers' Trainer uses by default with torch >= 2.8; ours fuses too).
 
 Each side lives in its own (spawned) process so that its peak RSS (ru_maxrss) is its own; the parent
 drives them in interleaved rounds (every round runs one step of each side, rotating who goes first,
@@ -125,7 +126,8 @@ def build_side(name: str, settings: dict, conn) -> Side:
             model.model.enc_output[0].bias.zero_()
         torch.save(hf_state_dict_to_ours(model.state_dict()), settings["weights"])
         conn.send(model_args_from_hf_config(config))  # ours needs no transformers import
-        optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+        # fused, as transformers' Trainer defaults to with torch >= 2.8 (optim adamw_torch_fused)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
         return Side(name, model.train(), optimizer)
 
     from rtdetr.config import load_spec

@@ -64,6 +64,29 @@ def test_optimizers(model, kind):
     assert type(opt).__name__ == kind
     key = "betas" if kind == "AdamW" else "momentum"
     assert opt.param_groups[0][key] == ((0.8, 0.999) if kind == "AdamW" else 0.8)
+    assert opt.param_groups[0]["fused"]  # torch's fused kernel on the CPU
+    # the same update as torch's default implementation
+    torch.manual_seed(0)
+    weights = [torch.randn(5, 3), torch.randn(7)]
+    runs = []
+    for fused in (True, False):
+        params = [nn.Parameter(w.clone()) for w in weights]
+        groups = [
+            {"params": params[:1], "lr": 1e-3, "weight_decay": 1e-4},
+            {"params": params[1:], "lr": 1e-4},
+        ]
+        if fused:
+            opt = build_optimizer(groups, optimizer=kind, lr=1e-3, momentum=0.8, weight_decay=1e-4)
+        else:
+            opt = getattr(torch.optim, kind)(groups, lr=1e-3, weight_decay=1e-4, foreach=False,
+                                             **({"betas": (0.8, 0.999)} if kind == "AdamW" else {"momentum": 0.8}))  # fmt: skip
+        for step in range(3):
+            for i, p in enumerate(params):
+                p.grad = torch.full_like(p, 0.1 * (step + 1) * (i + 1)) + p.detach()
+            opt.step()
+        runs.append(params)
+    for a, b, w in zip(*runs, weights):
+        assert not torch.allclose(a, w) and torch.allclose(a, b, atol=1e-7)
 
 
 def test_step_schedule_multistep_steplr_warmup():

@@ -68,12 +68,21 @@ def param_groups(
 
 
 def build_optimizer(groups: list[dict], *, optimizer: str, lr: float, momentum: float, weight_decay: float):
-    """AdamW (``momentum`` is beta1) or SGD with momentum over the parameter groups."""
+    """AdamW (``momentum`` is beta1) or SGD with momentum over the parameter groups.
+
+    torch's fused implementation where the parameters' device has one (the same update, one kernel
+    over all parameters: AdamW's step on the CPU for r18vd takes 13 ms instead of 53 ms), otherwise
+    the default one."""
     if optimizer == "AdamW":
-        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
-    if optimizer == "SGD":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {optimizer!r}")
+        kind, kwargs = torch.optim.AdamW, {"betas": (momentum, 0.999)}
+    elif optimizer == "SGD":
+        kind, kwargs = torch.optim.SGD, {"momentum": momentum}
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}")
+    try:
+        return kind(groups, lr=lr, weight_decay=weight_decay, fused=True, **kwargs)
+    except RuntimeError:  # e.g. parameters on a device without a fused kernel
+        return kind(groups, lr=lr, weight_decay=weight_decay, **kwargs)
 
 
 class StepSchedule:
