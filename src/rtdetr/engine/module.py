@@ -14,6 +14,7 @@ from torch import nn
 from rtdetr.checkpoint import ModelMetadata
 from rtdetr.config.schema import OptimConfig
 from rtdetr.engine.metrics import coco_results, evaluate_coco
+from rtdetr.engine.model_setup import use_channels_last
 from rtdetr.engine.optim import StepSchedule, build_optimizer, param_groups
 from rtdetr.errors import UserError
 from rtdetr.loss import total_loss
@@ -60,7 +61,6 @@ class DetectionModule(L.LightningModule):
         label_to_category: Sequence[int] | None = None,
         val_gt: dict | None = None,
         seed: int = -1,
-        channels_last: bool = False,
     ):
         super().__init__()
         self.model = model
@@ -73,11 +73,16 @@ class DetectionModule(L.LightningModule):
         self.label_to_category = None if label_to_category is None else list(label_to_category)
         self.val_gt = val_gt
         self.seed = seed
-        self.channels_last = channels_last  # the model's convolution weights are (see use_channels_last)
+        self.channels_last = False  # see to_channels_last
         self._val_results: list[dict] = []
 
     def forward(self, images: torch.Tensor) -> dict:
         return self.model(self._layout(images))
+
+    def to_channels_last(self) -> None:
+        """Train and validate channels-last: the model's convolution weights, and every batch."""
+        use_channels_last(self.model)
+        self.channels_last = True
 
     def _layout(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images

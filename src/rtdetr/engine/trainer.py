@@ -25,12 +25,7 @@ from rtdetr.engine.callbacks import (
 from rtdetr.engine.data import TrainingData, build_training_data
 from rtdetr.engine.ema import EMA
 from rtdetr.engine.hardware import resolve_hardware
-from rtdetr.engine.model_setup import (
-    enable_activation_checkpointing,
-    freeze,
-    load_pretrained_model,
-    use_channels_last,
-)
+from rtdetr.engine.model_setup import enable_activation_checkpointing, freeze, load_pretrained_model
 from rtdetr.engine.module import DetectionModule
 from rtdetr.engine.sync_bn import convert_to_global_batchnorm
 from rtdetr.errors import UserError
@@ -162,8 +157,7 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
     if hardware.accelerator == "cpu" and hardware.world_size > 1:
         convert_to_global_batchnorm(module.model)  # SyncBatchNorm's equivalent on the CPU
     if t.distributed_strategy != "fsdp":  # FSDP flattens the parameters into one contiguous buffer
-        use_channels_last(module.model)
-        module.channels_last = True
+        module.to_channels_last()
 
     ema = (
         EMA(t.ema.decay, t.ema.every_n_steps, t.ema.validate_original_weights, t.ema.cpu_offload)
