@@ -2,9 +2,9 @@
 
 bench/deploy_latency.py times each runtime in a process of its own, after a pause: the latency of a
 request that arrives when the model has been idle. This script times the other case, a stream of
-requests (e.g. video frames): every given ONNX file gets an ONNX Runtime session (CPU provider, all
-graph optimisations, --threads intra-op threads) in this one process, and the sessions run in
-interleaved rounds (each round runs every session once, rotating the order, --pause seconds apart)
+requests (e.g. video frames): every given ONNX file (an rtdetr export) gets the ONNX Runtime
+session `rtdetr.deploy.OnnxBackend` opens (CPU provider, --threads intra-op threads) in this one
+process, and the sessions run in interleaved rounds (each round runs every session once, rotating the order, --pause seconds apart)
 on the same random batch-1 input at the file's own size. Prints median, p25 and min per file and
 each file's median against the first's, and writes JSON.
 
@@ -24,15 +24,6 @@ from common import argument_parser, command_line, machine, write_report
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "onnx_back_to_back.json"
 
 
-def session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()  # as rtdetr's OnnxBackend builds it
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argument_parser(__doc__)
     parser.add_argument("files", type=Path, nargs="+", help="ONNX files (the first is the reference)")
@@ -47,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"not found: {missing}")
     import onnxruntime as ort
 
-    sessions = [session(f, args.threads) for f in args.files]
+    from rtdetr.deploy import OnnxBackend
+
+    # rtdetr exports, in sessions exactly as evaluate, inference and the Detector open them
+    sessions = [OnnxBackend(f, device="cpu", threads=args.threads).session for f in args.files]
     rng = np.random.default_rng(0)
     feeds = []
     for s in sessions:
