@@ -5,8 +5,8 @@ request that arrives when the model has been idle. This script times the other c
 requests (e.g. video frames): every given ONNX file (an rtdetr export) gets the ONNX Runtime
 session `rtdetr.deploy.OnnxBackend` opens (CPU provider, --threads intra-op threads) in this one
 process, and the sessions run in interleaved rounds (each round runs every session once, rotating
-the order, --pause seconds apart) on the same random batch-1 input at the file's own size. Prints median, p25 and min per file and
-each file's median against the first's, and writes JSON.
+the order, --pause seconds apart) on the same random batch-1 input at the file's own size. Prints
+median, p25 and min per file and each file's median against the first's, and writes JSON.
 
     python bench/onnx_back_to_back.py FP32.onnx INT8.onnx [--rounds 60] [--warmup 5] [--pause 0.05]
 """
