@@ -13,6 +13,10 @@ A training step is: forward with the targets (denoising queries on), the loss, b
   ``torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)`` (the fused kernel, as
   transformers' Trainer uses by default with torch >= 2.8; ours fuses too).
 
+Ours runs with glibc malloc set to keep freed memory (``rtdetr.engine.host_memory``), as
+``rtdetr train`` runs on the CPU; transformers with its defaults (--host-allocator both gives it
+the same settings, none takes them from ours).
+
 Each side lives in its own (spawned) process so that its peak RSS (ru_maxrss) is its own; the parent
 drives them in interleaved rounds (every round runs one step of each side, rotating who goes first,
 so that the machine's noise is shared fairly) on the same synthetic batches (batch 4, random images,
@@ -24,6 +28,7 @@ N steps per side.
 
     python bench/train_throughput.py [--sizes 640 320] [--batch 4] [--threads 2]
                                      [--warmup 3] [--steps 10] [--profile 0]
+                                     [--host-allocator ours|both|none]
                                      [--out bench/results/train_throughput.json]
 """
 
@@ -165,6 +170,11 @@ def profile_steps(side: Side, batches: list, steps: int, top: int) -> list[dict]
 def worker(name: str, settings: dict, conn) -> None:
     """Serve commands from the parent: ("check",), ("step", i), ("profile", n, top), ("stop",)."""
     torch.set_num_threads(settings["threads"])
+    if settings["host_allocator"] == "both" or (settings["host_allocator"] == "ours" and name == "ours"):
+        from rtdetr.engine.host_memory import keep_freed_host_memory
+
+        if not keep_freed_host_memory():  # as `rtdetr train` on the CPU
+            print(f"{name}: glibc malloc settings not applied (not Linux/glibc)", file=sys.stderr)
     side = build_side(name, settings, conn)
     batches = synthetic_batches(settings["num_batches"], settings["batch"], settings["size"])
     conn.send("ready")
@@ -194,7 +204,7 @@ def bench_size(size: int, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         settings = {
             "threads": args.threads, "batch": args.batch, "size": size, "num_batches": args.num_batches,
-            "weights": os.path.join(tmp, "ours.pt"),
+            "weights": os.path.join(tmp, "ours.pt"), "host_allocator": args.host_allocator,
         }  # fmt: skip
         conns, procs = {}, {}
         for name in ("transformers", "ours"):  # transformers first: it writes the weights ours loads
@@ -324,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", type=int, default=0, help="profile N more steps per side (0: off)")
     parser.add_argument("--profile-top", type=int, default=15, help="ops listed per profile")
+    parser.add_argument(
+        "--host-allocator", choices=("ours", "both", "none"), default="ours",
+        help="which sides keep freed host memory (rtdetr.engine.host_memory, as `rtdetr train` on the "
+        "CPU does); 'both' gives transformers the same malloc settings",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.num_batches < 1:
@@ -357,6 +372,11 @@ def main(argv: list[str] | None = None) -> int:
             "ours_optimizer": "engine param_groups + build_optimizer (AdamW, default optim section)",
             "transformers_optimizer": f"torch.optim.AdamW(lr={LR}, weight_decay={WEIGHT_DECAY})",
             "processes": "one spawned process per side, driven in interleaved rounds",
+            "host_allocator": {
+                "ours": "ours keeps freed host memory (as `rtdetr train` on the CPU); transformers: glibc defaults",
+                "both": "both sides keep freed host memory (rtdetr.engine.host_memory)",
+                "none": "glibc defaults on both sides",
+            }[args.host_allocator],
         },
         **target,
         "results": results,

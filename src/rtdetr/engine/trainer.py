@@ -25,6 +25,7 @@ from rtdetr.engine.callbacks import (
 from rtdetr.engine.data import TrainingData, build_training_data
 from rtdetr.engine.ema import EMA
 from rtdetr.engine.hardware import resolve_hardware
+from rtdetr.engine.host_memory import keep_freed_host_memory
 from rtdetr.engine.model_setup import enable_activation_checkpointing, freeze, load_pretrained_model
 from rtdetr.engine.module import DetectionModule
 from rtdetr.engine.sync_bn import convert_to_global_batchnorm
@@ -143,6 +144,8 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
     t = cfg.train
     quiet_lightning()
     hardware = resolve_hardware(t)
+    if hardware.accelerator == "cpu":
+        keep_freed_host_memory()
     if hardware.accelerator == "cpu" and hardware.world_size > 1:
         # processes on one machine share its cores: oversubscribed OpenMP threads are very slow
         per_node = hardware.world_size // hardware.num_nodes
