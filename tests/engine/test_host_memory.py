@@ -58,3 +58,23 @@ def test_default_setting_keeps_glibc_behaviour():
     # with transparent huge pages)
     assert kept < SIZE * 0.1
     assert faults > PAGES // 600
+
+
+def test_evaluate_and_inference_apply_it_to_pytorch_models_on_the_cpu(monkeypatch):
+    import torch
+
+    from rtdetr.deploy import TorchBackend
+    from rtdetr.engine import host_memory
+    from rtdetr.tasks.evaluate import keep_host_memory_for_cpu_model
+
+    calls = []
+    monkeypatch.setattr(host_memory, "keep_freed_host_memory", lambda: calls.append(1) or True)
+
+    class FakeDetector:
+        def __init__(self, backend):
+            self.backend = backend
+
+    keep_host_memory_for_cpu_model(FakeDetector(object()))  # e.g. ONNX Runtime: its own arena
+    assert calls == []
+    keep_host_memory_for_cpu_model(FakeDetector(TorchBackend(torch.nn.Identity(), None, torch.device("cpu"))))
+    assert calls == [1]

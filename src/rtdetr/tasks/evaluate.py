@@ -35,6 +35,16 @@ def model_file(cfg: ExperimentConfig, section: str) -> str:
     return task.trt_engine or task.checkpoint
 
 
+def keep_host_memory_for_cpu_model(detector) -> None:
+    """A PyTorch model on the CPU reuses freed activations instead of faulting them in each batch
+    (``rtdetr.engine.host_memory``; the ONNX Runtime and TensorRT backends have their own arenas)."""
+    from rtdetr.deploy import TorchBackend
+    from rtdetr.engine.host_memory import keep_freed_host_memory
+
+    if isinstance(detector.backend, TorchBackend) and detector.backend.device.type == "cpu":
+        keep_freed_host_memory()
+
+
 def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> dict:
     from rtdetr.detector import Detector
     from rtdetr.engine.data import ISSUES_LOG, read_sources, report_source
@@ -54,6 +64,7 @@ def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> dict:
         model_file(cfg, "evaluate"), input_size=size, preserve_aspect_ratio=d.augmentation.preserve_aspect_ratio,
         num_select=cfg.model.num_select,
     )  # fmt: skip
+    keep_host_memory_for_cpu_model(detector)
     if detector.num_classes != d.num_classes:
         raise UserError(
             f"dataset.num_classes is {d.num_classes} but the model {model_file(cfg, 'evaluate')} has "

@@ -8,7 +8,7 @@ from pathlib import Path
 from rtdetr.config import ExperimentConfig
 from rtdetr.errors import UserError
 from rtdetr.status import StatusLogger
-from rtdetr.tasks.evaluate import input_size, model_file
+from rtdetr.tasks.evaluate import input_size, keep_host_memory_for_cpu_model, model_file
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger):
         model_file(cfg, "inference"), input_size=input_size(cfg, "inference"),
         preserve_aspect_ratio=d.augmentation.preserve_aspect_ratio, num_select=cfg.model.num_select,
     )  # fmt: skip
+    keep_host_memory_for_cpu_model(detector)
     if source.classmap:
         names = read_classmap(source.classmap)
         if len(names) != detector.num_classes:
