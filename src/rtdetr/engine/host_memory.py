@@ -4,11 +4,12 @@ By default glibc serves every block above 32 MB with its own mmap and returns it
 freed, and trims the heap top above 128 kB. A training step allocates and frees the same large
 activations every time, so each step faults all of those pages in again: at 640x640, batch 4, seven
 r18vd steps took 3.4-4.6M minor page faults and 7-9 s of system time (1.0M and ~2 s with these
-settings), about 9% of the step; a batch-8 forward at 640 went from 4.4 s to 3.1 s. `rtdetr train`
-applies it on the CPU, `rtdetr evaluate` and `inference` for a checkpoint on the CPU.
-With mmap off, one arena and a high trim threshold the blocks stay in the heap and are reused
-(measured in docs/benchmarks.md). This is what the jemalloc/tcmalloc preloads recommended for CPU
-training achieve, without a library to install; resident memory stays near the step's peak.
+settings), about 9% of the step; a batch-8 forward at 640 went from 4.4 s to 3.1 s. With mmap
+off, one arena and a high trim threshold the blocks stay in the heap and are reused (measured in
+docs/benchmarks.md). This is what the jemalloc/tcmalloc preloads recommended for CPU training
+achieve, without a library to install; resident memory stays near the step's peak.
+
+`rtdetr train` applies it on the CPU; `rtdetr evaluate` and `inference` for a checkpoint on the CPU.
 
 Set ``RTDETR_HOST_ALLOCATOR=default`` to keep glibc's defaults.
 """
