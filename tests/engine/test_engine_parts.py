@@ -252,3 +252,20 @@ def test_channels_last_training_computes_the_same_loss_and_gradients():
     top = max(float(g.norm()) for g in grads[0].values())
     for name, g in grads[0].items():
         assert float((g - grads[1][name]).norm()) <= 1e-3 * float(g.norm()) + 1e-4 * top, name
+
+
+def test_latest_checkpoint_follows_the_link_else_the_highest_epoch(tmp_path):
+    from rtdetr.engine.callbacks import LATEST, latest_checkpoint
+
+    assert latest_checkpoint(tmp_path) is None
+    for name in (
+        "model_epoch_000.pth",
+        "model_epoch_002.pth",
+        "model_epoch_010.pth",
+        "model_epoch_011-EMA.pth",
+    ):
+        (tmp_path / name).write_bytes(b"x")
+    # no link (e.g. killed between a checkpoint and its link): the highest epoch, never an EMA twin
+    assert latest_checkpoint(tmp_path) == tmp_path / "model_epoch_010.pth"
+    (tmp_path / LATEST).symlink_to("model_epoch_002.pth")
+    assert latest_checkpoint(tmp_path) == (tmp_path / "model_epoch_002.pth").resolve()
