@@ -16,28 +16,29 @@ from torch import nn
 def multi_scale_deformable_attention(
     value: torch.Tensor,
     spatial_shapes: list[tuple[int, int]],
-    sampling_locations: torch.Tensor,
+    grids: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
     """Bilinear sampling of every level at the given locations, weighted and summed.
 
-    value [B, S, nH, hD] (S = sum of H_l * W_l, levels flattened h-major), sampling_locations
-    [B, Q, nH, L, P, 2] as normalised (x, y) in [0, 1], attention_weights [B, Q, nH, L, P]
-    -> [B, Q, nH * hD]. Locations outside the map sample zeros.
+    value [B, S, nH, hD] (S = sum of H_l * W_l, levels flattened h-major); grids [B, Q, 2, nH, L, P]:
+    the sampling locations as grid_sample coordinates in [-1, 1], all x then all y; attention_weights
+    [B, Q, nH, L, P] -> [B, Q, nH * hD]. Locations outside the map sample zeros.
     """
     b, _, n_heads, head_dim = value.shape
-    _, q, _, n_levels, n_points, _ = sampling_locations.shape
+    _, q, _, _, n_levels, n_points = grids.shape
     values = value.split([h * w for h, w in spatial_shapes], dim=1)
-    grids = 2 * sampling_locations - 1
+    # one transpose for all levels: [B, Q, 2, nH, L, P] -> [L, B*nH, Q, P, 2]
+    grids = grids.permute(4, 0, 3, 1, 5, 2).reshape(n_levels, b * n_heads, q, n_points, 2)
     # [B, Q, nH, L, P] -> [B*nH, 1, Q, L, P]
     weights = attention_weights.transpose(1, 2).reshape(b * n_heads, 1, q, n_levels, n_points)
     out = None  # summed level by level: no stacked copy of all samples (training: ~10% faster fwd+bwd)
     for level, (h, w) in enumerate(spatial_shapes):
         # [B, H*W, nH, hD] -> [B*nH, hD, H, W]
         value_l = values[level].flatten(2).transpose(1, 2).reshape(b * n_heads, head_dim, h, w)
-        # [B, Q, nH, P, 2] -> [B*nH, Q, P, 2]
-        grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        sampled = F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
+        sampled = F.grid_sample(
+            value_l, grids[level], mode="bilinear", padding_mode="zeros", align_corners=False
+        )
         part = (sampled * weights[..., level, :]).sum(-1)  # [B*nH, hD, Q]
         out = part if out is None else out + part
     return out.reshape(b, n_heads * head_dim, q).transpose(1, 2)
@@ -89,15 +90,20 @@ class MSDeformableAttention(nn.Module):
         """query [B, Q, C]; reference_points [B, Q, 1 or L, 4] normalised cxcywh;
         value [B, S, C] flattened levels of sizes `spatial_shapes` [(H_l, W_l), ...] -> [B, Q, C]."""
         b, q, _ = query.shape
-        value = self.value_proj(value).reshape(b, value.shape[1], self.num_heads, self.head_dim)
-        offsets = self.sampling_offsets(query).reshape(
-            b, q, self.num_heads, self.num_levels, self.num_points, 2
-        )
-        weights = self.attention_weights(query).reshape(
-            b, q, self.num_heads, self.num_levels * self.num_points
-        )
-        weights = weights.softmax(-1).reshape(b, q, self.num_heads, self.num_levels, self.num_points)
-        ref = reference_points[:, :, None, :, None, :]
-        locations = ref[..., :2] + offsets / self.num_points * ref[..., 2:] * 0.5
-        out = multi_scale_deformable_attention(value, spatial_shapes, locations, weights)
+        n_heads, n_levels, n_points = self.num_heads, self.num_levels, self.num_points
+        value = self.value_proj(value).reshape(b, value.shape[1], n_heads, self.head_dim)
+        # The offsets Linear with its rows regrouped x first, then y ([B, Q, 2, nH*L*P]; the
+        # regrouping of the weights is constant-folded in exported graphs), so that the per-query
+        # reference below is one scalar per row: broadcasting over an innermost (x, y) pair instead
+        # costs ONNX Runtime ~0.35 ms per op and decoder layer at 320x320.
+        weight = self.sampling_offsets.weight
+        weight = weight.reshape(-1, 2, weight.shape[-1]).transpose(0, 1).reshape(weight.shape)
+        bias = self.sampling_offsets.bias.reshape(-1, 2).t().reshape(-1)
+        offsets = F.linear(query, weight, bias).reshape(b, q, 2, n_heads, n_levels, n_points)
+        weights = self.attention_weights(query).reshape(b, q, n_heads, n_levels * n_points)
+        weights = weights.softmax(-1).reshape(b, q, n_heads, n_levels, n_points)
+        # grid = 2 * (ref_xy + offset / P * ref_wh / 2) - 1, as (2 ref_xy - 1) + offset * (ref_wh / P)
+        ref = reference_points.transpose(-1, -2)[:, :, :, None, :, None]  # [B, Q, 4, 1, 1 or L, 1]
+        grids = (2 * ref[:, :, :2] - 1) + offsets * (ref[:, :, 2:] / n_points)
+        out = multi_scale_deformable_attention(value, spatial_shapes, grids, weights)
         return self.output_proj(out)
