@@ -71,9 +71,10 @@ def test_matches_the_written_out_formula(refs_per_query):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_gradients_match_the_per_point_layout():
-    """Offsets regrouped x-then-y inside forward: the gradients reach the parameters as if the
-    Linear's output were used in its own (x, y)-interleaved order."""
+def test_gradients_match_the_original_formulation():
+    """The grid computed as (2 ref_xy - 1) + offset * ref_wh / P, expanded and transposed once for
+    all levels: the parameters get the gradients of 2 (ref_xy + offset / P * ref_wh / 2) - 1
+    sampled level by level."""
     torch.manual_seed(1)
     attn = randomize_(MSDeformableAttention(embed_dim=16, num_heads=2, num_levels=3, num_points=2), seed=4)
     query = torch.randn(2, 7, 16)
