@@ -87,7 +87,7 @@ def quantize_onnx(
     preserve_aspect_ratio: bool = False,
     calibration_method: str = "Percentile",
     per_channel: bool = True,
-    op_types: Sequence[str] = ("Conv", "MatMul", "Gemm"),
+    op_types: Sequence[str] = ("Conv", "MatMul", "Gemm", "Relu", "MaxPool", "Add", "Concat", "Resize"),
     exclude_nodes: Sequence[str] = (),
     overwrite: bool = False,
     section: str = "quantize",

@@ -615,7 +615,8 @@ class QuantizeConfig:
     )
     per_channel: bool = spec_field(True, "Quantize weights per output channel (else per tensor).")
     op_types: list[str] = spec_field(
-        ["Conv", "MatMul", "Gemm"], "ONNX operator types to quantize; the others stay in float."
+        ["Conv", "MatMul", "Gemm", "Relu", "MaxPool", "Add", "Concat", "Resize"],
+        "ONNX operator types to quantize; the others stay in float.",
     )
     exclude_nodes: list[str] = spec_field(
         [], "ONNX node-name patterns (* wildcards) kept in float, e.g. '/model/decoder/*'."
