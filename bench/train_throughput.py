@@ -6,7 +6,8 @@ tests/model/test_hf_parity.py, num_labels 80), random variance-preserving weight
 A training step is: forward with the targets (denoising queries on), the loss, backward, AdamW step.
 
 - ours: ``build_model(**model_args_from_hf_config(cfg))`` prepared as the engine prepares it
-  (``use_channels_last``: convolution weights and images NHWC), the criterion the engine builds
+  (``use_channels_last``: convolution weights and images NHWC; ``use_gemm_weight_grad``: convolution
+  weight gradients by im2col + GEMM on CPUs without AVX-512), the criterion the engine builds
   (``build_criterion(load_spec({}).model, 80)``), ``rtdetr.loss.total_loss``, the engine's AdamW
   parameter groups (``param_groups`` / ``build_optimizer`` with the default optim section);
 - transformers: ``model(pixel_values=..., labels=...)`` and its own loss (``outputs.loss``),
@@ -136,6 +137,7 @@ def build_side(name: str, settings: dict, conn) -> Side:
         return Side(name, model.train(), optimizer)
 
     from rtdetr.config import load_spec
+    from rtdetr.engine.cpu_conv import use_gemm_weight_grad
     from rtdetr.engine.model_setup import use_channels_last
     from rtdetr.engine.trainer import build_criterion
     from rtdetr.model import build_model
@@ -143,6 +145,7 @@ def build_side(name: str, settings: dict, conn) -> Side:
     model = build_model(**conn.recv())
     model.load_state_dict(torch.load(settings["weights"], mmap=True, weights_only=True), strict=True)
     use_channels_last(model)  # as `rtdetr train` does (except under FSDP)
+    use_gemm_weight_grad(model)  # as `rtdetr train` on the CPU does (CPUs without AVX-512)
     spec = load_spec({})
     return Side(name, model.train(), engine_optimizer(model, spec), build_criterion(spec.model, NUM_LABELS))
 

@@ -22,6 +22,7 @@ from rtdetr.engine.callbacks import (
     latest_checkpoint,
     plot_curves,
 )
+from rtdetr.engine.cpu_conv import use_gemm_weight_grad
 from rtdetr.engine.data import TrainingData, build_training_data
 from rtdetr.engine.ema import EMA
 from rtdetr.engine.hardware import resolve_hardware
@@ -161,6 +162,8 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
         convert_to_global_batchnorm(module.model)  # SyncBatchNorm's equivalent on the CPU
     if t.distributed_strategy != "fsdp":  # FSDP flattens the parameters into one contiguous buffer
         module.to_channels_last()
+    if hardware.accelerator == "cpu":
+        use_gemm_weight_grad(module.model)
 
     ema = (
         EMA(t.ema.decay, t.ema.every_n_steps, t.ema.validate_original_weights, t.ema.cpu_offload)
