@@ -7,6 +7,7 @@ Parameter names follow the original RT-DETR v1 code (`input_proj.0.conv`, `decod
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -291,14 +292,24 @@ class RTDETRDecoder(nn.Module):
 
         # query selection: top-Q memory tokens by their best class logit
         anchors, valid = self._anchors(shapes, memory.device, memory.dtype)
-        output_memory = self.enc_output(valid.to(memory.dtype) * memory)
-        enc_logits = self.enc_score_head(output_memory)
-        topk = torch.topk(enc_logits.max(-1).values, self.num_queries, dim=1).indices
+        masked = valid.to(memory.dtype) * memory
+        # in training only the Q selected rows of enc_output and the score head receive gradients:
+        # select without autograd, then run the two heads again on those rows, so that their backward
+        # costs Q rows instead of S (300 against 2100 at 320x320: ~20 ms less a step on 2 CPU cores)
+        recompute = self.training and torch.is_grad_enabled()
+        with torch.no_grad() if recompute else contextlib.nullcontext():
+            output_memory = self.enc_output(masked)
+            enc_logits = self.enc_score_head(output_memory)
+            topk = torch.topk(enc_logits.max(-1).values, self.num_queries, dim=1).indices
+        if recompute:
+            topk_memory = self.enc_output(masked.gather(1, topk[..., None].expand(-1, -1, masked.shape[-1])))
+            enc_topk_logits = self.enc_score_head(topk_memory)
+        else:
+            topk_memory = output_memory.gather(1, topk[..., None].expand(-1, -1, output_memory.shape[-1]))
+            enc_topk_logits = enc_logits.gather(1, topk[..., None].expand(-1, -1, enc_logits.shape[-1]))
         # the box head is row-wise: run it on the Q selected tokens only, not on all S
-        topk_memory = output_memory.gather(1, topk[..., None].expand(-1, -1, output_memory.shape[-1]))
         topk_anchors = anchors.expand(topk.shape[0], -1, -1).gather(1, topk[..., None].expand(-1, -1, 4))
         ref_unact = self.enc_bbox_head(topk_memory) + topk_anchors
-        enc_topk_logits = enc_logits.gather(1, topk[..., None].expand(-1, -1, enc_logits.shape[-1]))
         enc_topk_boxes = ref_unact.sigmoid()
         tgt = topk_memory.detach()
         attn_mask = None
