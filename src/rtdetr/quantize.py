@@ -87,6 +87,7 @@ def quantize_onnx(
     preserve_aspect_ratio: bool = False,
     calibration_method: str = "Percentile",
     per_channel: bool = True,
+    reduce_range: bool = True,
     op_types: Sequence[str] = ("Conv", "MatMul", "Gemm", "Relu", "MaxPool", "Add", "Concat", "Resize"),
     exclude_nodes: Sequence[str] = (),
     overwrite: bool = False,
@@ -142,7 +143,7 @@ def quantize_onnx(
             quantize_static(
             str(prepared), str(quantized), _calibration_reader(batches),
             quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range,
             calibrate_method=getattr(CalibrationMethod, calibration_method),
             op_types_to_quantize=list(op_types), nodes_to_exclude=excluded + float_matmuls,
             extra_options={"CalibMovingAverage": False, "CalibStridedMinMax": _chunk(len(batches)),
@@ -152,6 +153,7 @@ def quantize_onnx(
         result = onnx.load(str(quantized))
     summary = {
         "calibration_method": calibration_method, "calibration_images": count, "per_channel": per_channel,
+        "reduce_range": reduce_range,
         "op_types": list(op_types), "excluded_nodes": len(excluded), "float_matmuls": len(float_matmuls),
         "source": str(source),
     }  # fmt: skip

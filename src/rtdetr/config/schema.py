@@ -614,6 +614,12 @@ class QuantizeConfig:
         valid_options=("MinMax", "Entropy", "Percentile"),
     )
     per_channel: bool = spec_field(True, "Quantize weights per output channel (else per tensor).")
+    reduce_range: bool = spec_field(
+        True,
+        "Quantize weights to 7 bits. ONNX Runtime's int8 kernels for CPUs without VNNI (AVX2 only) "
+        "saturate with 8-bit weights and the model's accuracy collapses there; false only for files "
+        "that run on VNNI CPUs alone.",
+    )
     op_types: list[str] = spec_field(
         ["Conv", "MatMul", "Gemm", "Relu", "MaxPool", "Add", "Concat", "Resize"],
         "ONNX operator types to quantize; the others stay in float.",

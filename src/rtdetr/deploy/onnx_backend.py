@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,21 @@ def _providers(device: str | None) -> list:
     return [("CUDAExecutionProvider", {"device_id": chosen.index or 0}), "CPUExecutionProvider"]
 
 
+def x86_without_vnni() -> bool:
+    """True on an x86 Linux CPU whose flags show no VNNI (AVX512-VNNI or AVX-VNNI): ONNX Runtime's int8
+    kernels there multiply with VPMADDUBSW, whose 16-bit sums saturate with full 8-bit weights."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False  # unknown: no claim
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None
+    )
+    return flags is not None and not {"avx512_vnni", "avx_vnni"} & set(flags)
+
+
 class OnnxBackend:
     """``backend(images)`` -> (pred_logits, pred_boxes) float32 CPU tensors, run by ONNX Runtime.
 
@@ -52,6 +68,13 @@ class OnnxBackend:
             raise UserError(
                 f"{self.path}: an end-to-end export (postprocess inside); evaluate, inference and the "
                 "Detector run the raw outputs: export again without export.end_to_end"
+            )
+        quantization = self.export_info.get("quantization")
+        if quantization and not quantization.get("reduce_range", False) and x86_without_vnni():
+            log.warning(
+                "%s: quantized with 8-bit weights, which ONNX Runtime's int8 kernels saturate on this CPU "
+                "(no VNNI): expect wrong detections; quantize again with quantize.reduce_range=true",
+                self.path,
             )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

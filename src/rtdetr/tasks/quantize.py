@@ -15,7 +15,8 @@ def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> dict:
     summary = quantize_onnx(
         q.onnx_file, q.output_file, list(q.cal_image_dir), cal_images=q.cal_images,
         preserve_aspect_ratio=cfg.dataset.augmentation.preserve_aspect_ratio,
-        calibration_method=q.calibration_method, per_channel=q.per_channel, op_types=list(q.op_types),
+        calibration_method=q.calibration_method, per_channel=q.per_channel, reduce_range=q.reduce_range,
+        op_types=list(q.op_types),
         exclude_nodes=list(q.exclude_nodes), overwrite=q.overwrite,
     )  # fmt: skip
     status.write(
