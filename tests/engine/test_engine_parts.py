@@ -269,3 +269,26 @@ def test_latest_checkpoint_follows_the_link_else_the_highest_epoch(tmp_path):
     assert latest_checkpoint(tmp_path) == tmp_path / "model_epoch_010.pth"
     (tmp_path / LATEST).symlink_to("model_epoch_002.pth")
     assert latest_checkpoint(tmp_path) == (tmp_path / "model_epoch_002.pth").resolve()
+
+
+def test_ctrl_c_is_deferred_to_the_next_step_and_a_second_one_stops_at_once():
+    import os
+    import signal
+
+    from rtdetr.engine.callbacks import DeferredInterrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    interrupt = DeferredInterrupt()
+    with interrupt:
+        interrupt.check()  # nothing yet
+        os.kill(os.getpid(), signal.SIGINT)  # e.g. in the middle of a checkpoint write: no exception here
+        for _ in range(1000):  # bytecode boundaries where Python runs the handler
+            pass
+        assert interrupt.requested
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.on_train_batch_start(None, None, None, 0)  # the next step boundary
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl+C
+            for _ in range(1000):
+                pass
+    assert signal.getsignal(signal.SIGINT) is before

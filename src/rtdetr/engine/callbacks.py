@@ -6,6 +6,8 @@ import csv
 import logging
 import os
 import re
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,53 @@ class TAOCheckpoint(L.Callback):
         if trainer.is_global_zero:
             _link_latest(self.results_dir, path)
             log.info("saved %s", path)
+
+
+class DeferredInterrupt(L.Callback):
+    """Ctrl+C (SIGINT) stops training at the next step boundary, as SIGTERM does, instead of raising
+    KeyboardInterrupt wherever the signal lands: inside a checkpoint write it surfaced as torch.save's
+    RuntimeError (exit 1), and native code could swallow it so that training went on. A second Ctrl+C
+    stops at once. ``requested`` tells whether an interrupt came (an error raised while stopping, e.g.
+    by loader workers that the same Ctrl+C ended, is then reported as the interrupt)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> DeferredInterrupt:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("interrupted: training stops after this step (Ctrl+C again to stop at once)")
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt when an interrupt came."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.check()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.check()
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        self.check()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check()
 
 
 class StatusCallback(L.Callback):

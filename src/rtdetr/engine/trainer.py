@@ -17,6 +17,7 @@ from rtdetr.checkpoint import ModelMetadata, build_from_metadata
 from rtdetr.config import ExperimentConfig, spec_to_dict
 from rtdetr.engine.callbacks import (
     AtomicCheckpointIO,
+    DeferredInterrupt,
     StatusCallback,
     TAOCheckpoint,
     latest_checkpoint,
@@ -170,7 +171,8 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
         if t.enable_ema
         else None
     )
-    callbacks = [StatusCallback(status)]
+    interrupt = DeferredInterrupt()
+    callbacks = [interrupt, StatusCallback(status)]
     if ema is not None:
         callbacks.append(ema)
     callbacks.append(TAOCheckpoint(results_dir, t.checkpoint_interval, ema))
@@ -212,7 +214,8 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
         warnings.filterwarnings("ignore", message=".*It is recommended to use `self.log\\('val_mAP.*")
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
         try:
-            trainer.fit(module, data.train_loader, data.val_loader, ckpt_path=ckpt)
+            with interrupt:
+                trainer.fit(module, data.train_loader, data.val_loader, ckpt_path=ckpt)
         except SystemExit as exc:  # how Lightning ends a run stopped by a signal
             if not isinstance(exc, SIGTERMException):
                 if trainer.interrupted:  # Ctrl+C: Lightning exits 1 silently; here 130 and a status line
@@ -226,6 +229,10 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
                 f"SIGTERM received during epoch {trainer.current_epoch} (step {trainer.global_step}); training "
                 f"stopped, the checkpoints written so far are intact; {resume}"
             ) from exc
+        except Exception as exc:
+            if interrupt.requested:  # e.g. loader workers ended by the same Ctrl+C: it is the interrupt
+                raise KeyboardInterrupt from exc
+            raise
     if trainer.is_global_zero:
         logs = results_dir / "logs"
         plot_curves([*sorted(logs.glob("metrics.part*.csv")), logs / "metrics.csv"], results_dir / "plots")
