@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import torch
 import torch.distributed as dist
@@ -34,7 +35,9 @@ def test_global_batchnorm_matches_one_big_batch():
     x = torch.randn(4, 3, 5, 5) * 3 + 1
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = 29500 + os.getpid() % 1000
+    with socket.socket() as sock:  # a free port for the process group's rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     procs = [ctx.Process(target=_worker, args=(r, 2, port, x, queue)) for r in range(2)]
     for p in procs:
         p.start()
