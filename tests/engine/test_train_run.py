@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -167,6 +168,36 @@ def test_a_signal_stops_training_with_a_failure_line(
     assert last["status"] == "FAILURE" and last["message"].startswith(message), last
     assert sum(s["status"] == "FAILURE" for s in read_status(results)) == 1
     assert not (results / "model_epoch_029.pth").exists()
+    load_model(results / "rtdetr_model_latest.pth")
+
+
+def test_ctrl_c_stops_every_ddp_rank_at_the_same_step(small_squares, spec_file, tmp_path):
+    """Ctrl+C in the terminal reaches every rank of a DDP run (2 gloo processes): all stop at the same
+    step boundary (a rank that went on would wait in its gradient all-reduce), exit status 130, one
+    FAILURE line, the checkpoints intact."""
+    spec = spec_file(small_squares, train={"num_epochs": 30}, dataset={"batch_size": 2})
+    results = tmp_path / "results" / "train"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rtdetr.cli", "-q", "train", "-e", str(spec), "train.num_gpus=2",
+         "train.gpu_ids=[0,1]"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (results / "model_epoch_000.pth").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # as the terminal does: the whole process group
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-2000:]
+    statuses = read_status(results)
+    last = statuses[-1]
+    assert last["status"] == "FAILURE" and last["message"].startswith("Interrupted: train stopped"), last
+    assert sum(s["status"] == "FAILURE" for s in statuses) == 1
     load_model(results / "rtdetr_model_latest.pth")
 
 
