@@ -22,15 +22,6 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_has_vnni() -> bool | None:
-    """Whether the CPU has int8 dot-product instructions (AVX512-VNNI or AVX-VNNI; None: unknown)."""
-    from rtdetr.deploy.onnx_backend import x86_without_vnni
-
-    if platform.machine().lower() not in ("x86_64", "amd64") or not Path("/proc/cpuinfo").is_file():
-        return None
-    return not x86_without_vnni()
-
-
 def argument_parser(doc: str, bccd: bool = False) -> argparse.ArgumentParser:
     """A parser described by the first paragraph of ``doc`` (the script's docstring) that shows
     each option's default in --help; with ``bccd``, its first option is --data, the BCCD root
@@ -94,11 +85,13 @@ def machine(threads: int | str, **versions: str) -> dict:
     ``versions`` (e.g. transformers=...), then ``threads``."""
     import torch
 
+    from rtdetr.deploy.onnx_backend import cpu_has_vnni
+
     return {
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2, AVX512, ...
-        "cpu_vnni": cpu_has_vnni(),
+        "cpu_vnni": cpu_has_vnni(),  # None: unknown
         "python": platform.python_version(),
         "torch": torch.__version__,
         **versions,

@@ -34,19 +34,25 @@ def _providers(device: str | None) -> list:
     return [("CUDAExecutionProvider", {"device_id": chosen.index or 0}), "CPUExecutionProvider"]
 
 
-def x86_without_vnni() -> bool:
-    """True on an x86 Linux CPU whose flags show no VNNI (AVX512-VNNI or AVX-VNNI): ONNX Runtime's int8
-    kernels there multiply with VPMADDUBSW, whose 16-bit sums saturate with full 8-bit weights."""
+def cpu_has_vnni() -> bool | None:
+    """Whether this x86 Linux CPU has int8 dot-product instructions (AVX512-VNNI or AVX-VNNI), by its
+    /proc/cpuinfo flags; None when unknown (another architecture, or no flags to read)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
+        return None
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False  # unknown: no claim
+        return None
     flags = next(
         (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None
     )
-    return flags is not None and not {"avx512_vnni", "avx_vnni"} & set(flags)
+    return None if flags is None else bool({"avx512_vnni", "avx_vnni"} & set(flags))
+
+
+def x86_without_vnni() -> bool:
+    """True on an x86 CPU known to lack VNNI: ONNX Runtime's int8 kernels there multiply with
+    VPMADDUBSW, whose 16-bit sums saturate with full 8-bit weights."""
+    return cpu_has_vnni() is False
 
 
 class OnnxBackend:
