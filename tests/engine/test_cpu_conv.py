@@ -28,26 +28,29 @@ def _grads(conv: nn.Conv2d, x: torch.Tensor, grad_out: torch.Tensor) -> list[tor
 
 
 @pytest.mark.parametrize(
-    "ch_in, ch_out, kernel, stride, bias, channels_last, input_grad",
+    "ch_in, ch_out, kernel, stride, bias, weight_cl, input_cl, input_grad",
     [
-        (16, 24, 3, 1, False, True, True),
-        (16, 8, 3, 2, True, True, True),
-        (32, 16, 1, 1, False, False, True),
-        (16, 16, 7, 2, False, False, False),  # an input without gradient (images)
-        (24, 16, 1, 2, True, True, True),
+        (16, 24, 3, 1, False, True, True, True),
+        (16, 8, 3, 2, True, True, True, True),
+        (32, 16, 1, 1, False, False, False, True),
+        (16, 16, 7, 2, False, False, False, False),  # an input without gradient (images)
+        (24, 16, 1, 2, True, True, True, True),
+        (16, 24, 3, 1, True, False, True, True),  # mixed layouts: a channels-last activation
+        (16, 24, 3, 2, False, True, False, True),  # in a contiguous model, and the reverse
     ],
 )
 def test_gradients_equal_the_plain_convolution(
-    gemm, ch_in, ch_out, kernel, stride, bias, channels_last, input_grad
+    gemm, ch_in, ch_out, kernel, stride, bias, weight_cl, input_cl, input_grad
 ):
     torch.manual_seed(0)
     plain = nn.Conv2d(ch_in, ch_out, kernel, stride, padding=kernel // 2, bias=bias)
     fast = nn.Conv2d(ch_in, ch_out, kernel, stride, padding=kernel // 2, bias=bias)
     fast.load_state_dict(plain.state_dict())
     x = torch.randn(2, ch_in, 21, 18).requires_grad_(input_grad)
-    if channels_last:
+    if weight_cl:
         for m in (plain, fast):
             m.to(memory_format=torch.channels_last)
+    if input_cl:
         x = x.contiguous(memory_format=torch.channels_last)
     assert use_gemm_weight_grad(fast) == 1 and type(fast) is GemmWeightGradConv2d
     out = plain(x)
