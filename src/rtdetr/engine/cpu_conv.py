@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 ENV = "RTDETR_CONV_WEIGHT_GRAD"
 CHOICES = ("gemm", "onednn")
-channels_last = torch.channels_last
 MIN_IN_CHANNELS = 16  # narrower inputs (the RGB stem): oneDNN's weight gradient is the faster one
 
 
@@ -70,10 +69,11 @@ class _Conv2dGemmWeightGrad(torch.autograd.Function):
                 [True, False, False],
             )[0]
         if need_w:
-            if x.is_contiguous(memory_format=channels_last) or weight.is_contiguous(memory_format=channels_last):
+            cl = torch.channels_last
+            if x.is_contiguous(memory_format=cl) or weight.is_contiguous(memory_format=cl):
                 # ATen's kernel then works channels-last and needs both so: a contiguous weight fails,
                 # a contiguous input gives a wrong gradient (torch 2.14)
-                x, weight = x.contiguous(memory_format=channels_last), weight.contiguous(memory_format=channels_last)
+                x, weight = x.contiguous(memory_format=cl), weight.contiguous(memory_format=cl)
             grad_w = torch.ops.aten._slow_conv2d_backward.output_mask(
                 grad_out, x, weight, weight.shape[2:], ctx.stride, ctx.padding, [False, True, False]
             )[1]
