@@ -134,6 +134,26 @@ def test_bad_items_are_skipped_with_reasons(make_coco, tmp_path):
     assert "3 images (2 without boxes), 2 boxes: c1 1, c2 1" in summary
 
 
+def test_a_run_logs_the_summary_and_writes_every_skipped_item(make_coco, tmp_path, caplog):
+    from rtdetr.engine.data import ISSUES_LOG, report_source
+
+    images = [{"id": 1}, {"id": 2}]
+    anns = [
+        {"image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]},
+        {"image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5]},
+        {"image_id": 9, "category_id": 2, "bbox": [1, 1, 5, 5]},
+    ]
+    source = load_coco(*make_coco(images, anns), num_classes=4)
+    with caplog.at_level("INFO", logger="rtdetr"):
+        report_source(source, "train", tmp_path)
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert "train data: " in logged[0] and "2 images (1 without boxes), 1 boxes: c1 1" in logged[0]
+    assert any("1 x annotation of an unknown category id" in m for m in logged), logged
+    assert any("annotation 3 of image 9" in m for m in logged), logged
+    issues = (tmp_path / ISSUES_LOG).read_text()
+    assert "# train: " in issues and len(issues.splitlines()) == 3
+
+
 def test_no_usable_image_is_an_error(make_coco):
     path, image_dir = make_coco([{"id": 1}], [], write_images=False)
     with pytest.raises(

@@ -100,10 +100,12 @@ def read_sources(cfg: ExperimentConfig, which: str) -> CocoSource:
 
 
 def report_source(source: CocoSource, name: str, results_dir: Path | None) -> None:
-    """Write every skipped item of a source to the results directory's issue log (load_coco has
-    already logged the summary and the first few)."""
+    """Log the source's summary (images, boxes per class, skipped items by reason and the first
+    few) and write every skipped item to the results directory's issue log."""
     if not is_rank_zero():
         return
+    for line in source.summary_lines():
+        log.info("%s data: %s", name, line)
     if results_dir is not None and len(source.report):
         lines = [f"# {name}: {', '.join(source.json_files)}"]
         lines += [f"{detail}: {reason}" for reason, detail in source.report.items]
