@@ -18,7 +18,7 @@ from rtdetr.engine.model_setup import (
     load_pretrained_model,
     use_channels_last,
 )
-from rtdetr.engine.optim import StepSchedule, build_optimizer, param_groups
+from rtdetr.engine.optim import StepSchedule, base_lr, build_optimizer, param_groups
 from rtdetr.errors import UserError
 from rtdetr.model import build_model
 
@@ -55,6 +55,11 @@ def test_param_groups_apply_lr_backbone_linear_proj_and_no_decay(model):
     assert all(not n.endswith(".bias") for p in groups["base"]["params"] for n in [names[id(p)]])
     total = sum(len(g["params"]) for g in groups.values())
     assert total == sum(1 for p in model.parameters() if p.requires_grad)
+    # the logged lr is train.optim.lr's, whatever order the groups come in
+    opt = build_optimizer(
+        list(groups.values())[::-1], optimizer="AdamW", lr=1e-3, momentum=0.9, weight_decay=0
+    )
+    assert opt.param_groups[0]["lr"] != 1e-3 and base_lr(opt) == 1e-3
 
 
 @pytest.mark.parametrize("kind", ["AdamW", "SGD"])

@@ -102,6 +102,14 @@ def test_ema_twins_and_dry_run(small_squares, spec_file, tmp_path):
     assert read_status(dry_results)[-1]["status"] == "SUCCESS"
 
 
+def test_bf16_training_clips_gradients(small_squares, spec_file, tmp_path):
+    # Lightning refuses to clip gradients in mixed precision with a fused optimizer
+    spec = spec_file(small_squares, train={"num_epochs": 1, "precision": "bf16", "clip_grad_norm": 0.1})
+    assert main(["-q", "train", "-e", str(spec)]) == 0
+    ckpt = read_checkpoint(tmp_path / "results" / "train" / "model_epoch_000.pth")
+    assert not ckpt["optimizer_states"][0]["param_groups"][0]["fused"]
+
+
 def test_kill_and_resume_ends_with_the_same_weights(small_squares, spec_file, tmp_path):
     """SIGKILL mid-run, then the same command again: it resumes from the last checkpoint and ends
     with the same weights as an uninterrupted run (tolerance 1e-6; CPU, fixed seed)."""

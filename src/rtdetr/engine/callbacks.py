@@ -235,3 +235,15 @@ def plot_curves(metrics_csvs: list[str | os.PathLike], out_dir: str | os.PathLik
         plt.close(fig)
         written.append(path)
     return written
+
+
+def progress_bar() -> L.Callback:
+    """Lightning's default progress bar (rich where installed, else tqdm) with the metrics in 4
+    significant digits: an lr of 1e-4 shows as 0.0001, not rich's default 0.000."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTheme
+
+    try:
+        return RichProgressBar(theme=RichProgressBarTheme(metrics_format=".4g"))
+    except ModuleNotFoundError:  # rich is not installed
+        return TQDMProgressBar()

@@ -15,7 +15,7 @@ from rtdetr.checkpoint import ModelMetadata
 from rtdetr.config.schema import OptimConfig
 from rtdetr.engine.metrics import coco_results, evaluate_coco
 from rtdetr.engine.model_setup import use_channels_last
-from rtdetr.engine.optim import StepSchedule, build_optimizer, param_groups
+from rtdetr.engine.optim import StepSchedule, base_lr, build_optimizer, param_groups
 from rtdetr.errors import UserError
 from rtdetr.loss import total_loss
 from rtdetr.model.postprocess import detections_per_image
@@ -116,7 +116,7 @@ class DetectionModule(L.LightningModule):
         )
         self.log(
             "lr",
-            self.trainer.optimizers[0].param_groups[-1]["lr"],
+            base_lr(self.trainer.optimizers[0]),
             on_step=True,
             prog_bar=True,
             batch_size=batch_size,
@@ -186,8 +186,16 @@ class DetectionModule(L.LightningModule):
                 g["lr"],
                 g["weight_decay"],
             )
+        # Lightning clips gradients in mixed precision only when the optimizer leaves the unscaling
+        # to it, which a fused one does not (it refuses with a RuntimeError at the first step)
+        mixed_clipped = bool(self.trainer.gradient_clip_val) and "mixed" in str(self.trainer.precision)
         optimizer = build_optimizer(
-            groups, optimizer=o.optimizer, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+            groups,
+            optimizer=o.optimizer,
+            lr=o.lr,
+            momentum=o.momentum,
+            weight_decay=o.weight_decay,
+            fused=not mixed_clipped,
         )
         steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs))
         schedule = StepSchedule(

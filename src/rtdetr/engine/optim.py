@@ -67,18 +67,29 @@ def param_groups(
     return out
 
 
-def build_optimizer(groups: list[dict], *, optimizer: str, lr: float, momentum: float, weight_decay: float):
+def base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The current lr of the ``base`` groups (train.optim.lr through its schedule): the one to log;
+    the first group's where no group has that name (e.g. all parameters in the backbone)."""
+    groups = optimizer.param_groups
+    return next((g["lr"] for g in groups if g.get("name", "").startswith("base")), groups[0]["lr"])
+
+
+def build_optimizer(
+    groups: list[dict], *, optimizer: str, lr: float, momentum: float, weight_decay: float, fused: bool = True
+):
     """AdamW (``momentum`` is beta1) or SGD with momentum over the parameter groups.
 
-    torch's fused implementation where the parameters' device has one (the same update, one kernel
-    over all parameters: AdamW's step on the CPU for r18vd takes 13 ms instead of 53 ms), otherwise
-    the default one."""
+    With ``fused``, torch's fused implementation where the parameters' device has one (the same
+    update, one kernel over all parameters: AdamW's step on the CPU for r18vd takes 13 ms instead of
+    53 ms), otherwise the default one."""
     if optimizer == "AdamW":
         kind, kwargs = torch.optim.AdamW, {"betas": (momentum, 0.999)}
     elif optimizer == "SGD":
         kind, kwargs = torch.optim.SGD, {"momentum": momentum}
     else:
         raise ValueError(f"unknown optimizer {optimizer!r}")
+    if not fused:
+        return kind(groups, lr=lr, weight_decay=weight_decay, **kwargs)
     try:
         return kind(groups, lr=lr, weight_decay=weight_decay, fused=True, **kwargs)
     except RuntimeError:  # e.g. parameters on a device without a fused kernel

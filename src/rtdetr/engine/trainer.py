@@ -22,6 +22,7 @@ from rtdetr.engine.callbacks import (
     TAOCheckpoint,
     latest_checkpoint,
     plot_curves,
+    progress_bar,
 )
 from rtdetr.engine.cpu_conv import use_gemm_weight_grad
 from rtdetr.engine.data import TrainingData, build_training_data
@@ -172,7 +173,7 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
         else None
     )
     interrupt = DeferredInterrupt()
-    callbacks = [interrupt, StatusCallback(status)]
+    callbacks = [interrupt, StatusCallback(status), progress_bar()]
     if ema is not None:
         callbacks.append(ema)
     callbacks.append(TAOCheckpoint(results_dir, t.checkpoint_interval, ema))
