@@ -128,7 +128,7 @@ def quantize_onnx(
     if exclude_nodes and not excluded:
         log.warning("%s.exclude_nodes: no node matches %s", section, list(exclude_nodes))
     log.info(
-        "calibrating on %d images (%s), %d nodes kept in float", len(paths), calibration_method, len(excluded)
+        "calibrating on %d images (%s), %d nodes kept in float", count, calibration_method, len(excluded)
     )
     with tempfile.TemporaryDirectory(prefix="rtdetr_quantize_") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
@@ -139,16 +139,32 @@ def quantize_onnx(
         batches = list(calibration_batches(paths, info.input_size, preserve_aspect_ratio, batch, count // batch,
                                            field=f"{section}.cal_image_dir"))  # fmt: skip
         chatter = io.StringIO()  # ONNX Runtime prints its calibration progress
-        with contextlib.redirect_stdout(chatter):
-            quantize_static(
-            str(prepared), str(quantized), _calibration_reader(batches),
-            quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range,
-            calibrate_method=getattr(CalibrationMethod, calibration_method),
-            op_types_to_quantize=list(op_types), nodes_to_exclude=excluded + float_matmuls,
-            extra_options={"CalibMovingAverage": False, "CalibStridedMinMax": _chunk(len(batches)),
-                           "MatMulConstBOnly": True},  # honoured by the QOperator format only
+
+        def run(method: str) -> None:
+            with contextlib.redirect_stdout(chatter):
+                quantize_static(
+                str(prepared), str(quantized), _calibration_reader(batches),
+                quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range,
+                calibrate_method=getattr(CalibrationMethod, method),
+                op_types_to_quantize=list(op_types), nodes_to_exclude=excluded + float_matmuls,
+                extra_options={"CalibMovingAverage": False, "CalibStridedMinMax": _chunk(len(batches)),
+                               "MatMulConstBOnly": True},  # honoured by the QOperator format only
+                )  # fmt: skip
+
+        try:
+            run(calibration_method)
+        except ValueError as exc:
+            # numpy cannot histogram a tensor whose values differ only in their last bits (a model
+            # with saturated outputs, e.g. far from its training size); MinMax needs no histogram
+            if calibration_method == "MinMax" or "bins" not in str(exc):
+                raise
+            log.warning(
+                "%s.calibration_method %s: ONNX Runtime's histogram failed (%s): calibrating with MinMax",
+                section, calibration_method, exc,
             )  # fmt: skip
+            calibration_method = "MinMax"
+            run(calibration_method)
         log.debug("%s", chatter.getvalue())
         result = onnx.load(str(quantized))
     summary = {

@@ -7,6 +7,7 @@ import json
 
 import onnx
 import pytest
+import torch
 
 from rtdetr import Detector
 from rtdetr.export import read_onnx_metadata
@@ -121,6 +122,32 @@ def test_evaluate_and_the_detector_run_it_close_to_fp32(
     (fp32,) = Detector.from_file(exported, device="cpu").predict(image, conf=0.0)
     (int8,) = Detector.from_file(quantized, device="cpu").predict(image, conf=0.0)
     assert len(int8) == len(fp32) and abs(float(int8.scores[0]) - float(fp32.scores[0])) < 0.1
+
+
+def test_a_saturated_model_calibrates_with_minmax(cli, trained, tmp_path):
+    """Equal class scores everywhere (a flat score head): the query selection takes the first tokens,
+    at 416 px the invalid anchors of the finest grid's top row, whose boxes saturate at 1; tensors
+    whose values differ only in their last bits, which ONNX Runtime's histogram calibrators cannot
+    bin ("Too many bins for data range"). quantize falls back to MinMax and says so."""
+    checkpoint = torch.load(trained["checkpoint"], map_location="cpu", weights_only=False)
+    checkpoint["state_dict"]["model.decoder.enc_score_head.weight"].zero_()
+    torch.save(checkpoint, tmp_path / "flat.pth")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps({"results_dir": str(tmp_path / "results")}))
+    fp32, int8 = tmp_path / "m416.onnx", tmp_path / "m416_int8.onnx"
+    result = cli("export", "-e", spec, f"export.checkpoint={tmp_path / 'flat.pth'}", f"export.onnx_file={fp32}",
+                 "export.input_width=416", "export.input_height=416", "export.batch_size=1")  # fmt: skip
+    assert result.code == 0, result.err
+    result = cli("quantize", "-e", spec, f"quantize.onnx_file={fp32}", f"quantize.output_file={int8}",
+                 f"quantize.cal_image_dir=[{trained['data'] / 'images' / 'train_*.png'}]", "quantize.cal_images=4",
+                 "quantize.calibration_method=Percentile")  # fmt: skip
+    assert result.code == 0, result.err
+    assert "calibration_method Percentile: ONNX Runtime's histogram failed" in result.err
+    assert read_onnx_metadata(int8)[1]["quantization"]["calibration_method"] == "MinMax"
+    image = trained["data"] / "images" / "test_0000.png"
+    (want,) = Detector.from_file(fp32, device="cpu").predict(image, conf=0.0)
+    (got,) = Detector.from_file(int8, device="cpu").predict(image, conf=0.0)
+    assert abs(float(got.scores[0]) - float(want.scores[0])) < 0.1
 
 
 @pytest.mark.parametrize(

@@ -309,7 +309,12 @@ class RTDETRDecoder(nn.Module):
             enc_topk_logits = enc_logits.gather(1, topk[..., None].expand(-1, -1, enc_logits.shape[-1]))
         # the box head is row-wise: run it on the Q selected tokens only, not on all S
         topk_anchors = anchors.expand(topk.shape[0], -1, -1).gather(1, topk[..., None].expand(-1, -1, 4))
-        ref_unact = self.enc_bbox_head(topk_memory) + topk_anchors
+        # the invalid anchors' huge logit is added as a Where, not through the Add: the same result
+        # (sigmoid 1, no gradient), but INT8 calibration, which histograms every Add's inputs, sees
+        # only sane values (the huge one made ONNX Runtime's histogram fail for inputs over 400 px)
+        topk_valid = valid.expand(topk.shape[0], -1, -1).gather(1, topk[..., None])
+        ref_unact = self.enc_bbox_head(topk_memory) + torch.where(topk_valid, topk_anchors, 0.0)
+        ref_unact = torch.where(topk_valid, ref_unact, topk_anchors)
         enc_topk_boxes = ref_unact.sigmoid()
         tgt = topk_memory.detach()
         attn_mask = None
