@@ -25,13 +25,15 @@ from torch import nn
 
 from rtdetr.checkpoint import ModelMetadata
 from rtdetr.errors import UserError
-from rtdetr.fileio import atomic_write, atomic_write_text
+from rtdetr.fileio import atomic_write, atomic_write_text, check_output_file
 from rtdetr.model.postprocess import select_detections
 
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "rtdetr"
 MIN_OPSET = 16  # GridSample (deformable attention) is an ONNX operator from opset 16
+# the newest opset of torch's TorchScript exporter (the one used: dynamo=False)
+MAX_OPSET = getattr(torch.onnx._constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
 RAW_OUTPUTS = ("pred_logits", "pred_boxes")
 END_TO_END_OUTPUTS = ("labels", "boxes", "scores")
 
@@ -144,8 +146,16 @@ def export_onnx(
             f"export.opset_version: {opset} is too old: deformable attention needs GridSample, an ONNX "
             f"operator from opset {MIN_OPSET}; use {MIN_OPSET} or newer (17 is the default)"
         )
-    if path.exists() and not overwrite:
-        raise UserError(f"export.onnx_file: {path} exists; remove it or set export.overwrite=true")
+    if opset > MAX_OPSET:
+        raise UserError(
+            f"export.opset_version: {opset} is newer than torch {torch.__version__}'s ONNX exporter "
+            f"supports ({MAX_OPSET}); use {MIN_OPSET}-{MAX_OPSET} (17 is the default)"
+        )
+    check_output_file(path, "export.onnx_file", overwrite, "export.overwrite")
+    if path.suffix.lower() != ".onnx":
+        log.warning(
+            "export.onnx_file %s: evaluate and inference recognise ONNX files by the suffix .onnx", path
+        )
     if batch_size == 0 or batch_size < -1:
         raise UserError(f"export.batch_size: {batch_size}; use -1 (dynamic) or a batch size >= 1")
     net = copy.deepcopy(model).to(device).eval()

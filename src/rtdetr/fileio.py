@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from rtdetr.errors import UserError
+
 
 def atomic_write(
     path: str | os.PathLike, write: Callable[[IO], None], mode: str = "w", fsync: bool = True
@@ -18,8 +20,12 @@ def atomic_write(
     killed process); many small outputs can skip it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # mkstemp makes the file private (0600); give it the mode an ordinary open() would (the
+    # replaced file's, else 0666 less the umask), so that e.g. a DeepStream container can read it
+    mode_bits = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode_bits)
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()
@@ -36,3 +42,23 @@ def atomic_write(
 def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = True) -> Path:
     """Write ``text`` to ``path`` atomically."""
     return atomic_write(path, lambda fh: fh.write(text), fsync=fsync)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_output_file(path: str | os.PathLike, field: str, overwrite: bool, overwrite_field: str) -> Path:
+    """``path`` as a file that may be written, before any work is done: one-line UserError naming
+    ``field`` for a folder, a path below a file, or an existing file without ``overwrite``."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{field}: {path} is a folder; give a file path")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"{field}: {path}: {blocking} is a file, not a folder")
+    if path.exists() and not overwrite:
+        raise UserError(f"{field}: {path} exists; remove it or set {overwrite_field}=true")
+    return path

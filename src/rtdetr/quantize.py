@@ -25,7 +25,7 @@ import onnx
 from rtdetr.deploy.calibration import calibration_batches, calibration_images
 from rtdetr.errors import UserError
 from rtdetr.export import METADATA_KEY, inspect_onnx
-from rtdetr.fileio import atomic_write
+from rtdetr.fileio import atomic_write, check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,7 @@ def quantize_onnx(
     info = inspect_onnx(source, f"{section}.onnx_file")
     if output.resolve() == source.resolve():
         raise UserError(f"{section}.output_file: the same file as {section}.onnx_file; choose another name")
-    if output.exists() and not overwrite:
-        raise UserError(f"{section}.output_file: {output} exists; remove it or set {section}.overwrite=true")
+    check_output_file(output, f"{section}.output_file", overwrite, f"{section}.overwrite")
     if calibration_method not in CALIBRATION_METHODS:
         raise UserError(
             f"{section}.calibration_method: {calibration_method!r} is not one of {CALIBRATION_METHODS}"
@@ -122,7 +121,8 @@ def quantize_onnx(
         raise UserError(f"{section}.onnx_file: {source}: export with a fixed input_height and input_width")
     model = onnx.load(str(source))
     batch = info.batch or 1
-    paths = calibration_images(cal_image_dir, batch, field=f"{section}.cal_image_dir")
+    field = f"{section}.cal_image_dir"
+    paths = calibration_images(cal_image_dir, batch, field=field, requirement="the ONNX file's batch size")
     count = max(batch, min(cal_images, len(paths)) // batch * batch)
     excluded = _matching_nodes(model, exclude_nodes)
     if exclude_nodes and not excluded:
@@ -137,7 +137,7 @@ def quantize_onnx(
         quantized = Path(tmp) / "quantized.onnx"
         # all the files are offered: an unreadable one is replaced by the next
         batches = list(calibration_batches(paths, info.input_size, preserve_aspect_ratio, batch, count // batch,
-                                           field=f"{section}.cal_image_dir"))  # fmt: skip
+                                           field=field, requirement=f"{section}.cal_images in whole batches"))  # fmt: skip
         chatter = io.StringIO()  # ONNX Runtime prints its calibration progress
 
         def run(method: str) -> None:

@@ -244,6 +244,10 @@ def check_calibration(cal, settings: BuildSettings) -> None:
             f"{settings.onnx_batch}; set cal_batch_size={settings.onnx_batch} or export with export.batch_size -1"
         )
     settings.cal_cache_file = Path(cal.cal_cache_file).expanduser() if cal.cal_cache_file else None
+    if settings.cal_cache_file is not None and settings.cal_cache_file.is_dir():
+        raise UserError(
+            f"{SECTION}.calibration.cal_cache_file: {settings.cal_cache_file} is a folder; give a file path"
+        )
     if settings.cal_cache_file is not None and settings.cal_cache_file.is_file():
         log.info(
             "INT8: reusing the calibration cache %s (delete it to calibrate again)", settings.cal_cache_file

@@ -4,6 +4,8 @@ exported model run by evaluate, inference and the Detector with the checkpoint's
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import onnx
@@ -120,6 +122,42 @@ def test_fixed_batch_end_to_end_and_errors(cli, trained, task_spec, tmp_path):
     np.testing.assert_allclose(clipped, det.boxes, atol=1e-3)
     with pytest.raises(Exception, match="end-to-end export"):
         OnnxBackend(e2e, device="cpu")
+
+
+def test_output_paths_opsets_and_sizes_that_cannot_work_are_one_line(cli, trained, tmp_path):
+    common = [f"export.checkpoint={trained['checkpoint']}", "export.input_width=96", "export.input_height=96",
+              f"results_dir={tmp_path / 'results'}"]  # fmt: skip
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("{}")
+    (tmp_path / "folder.onnx").mkdir()
+    (tmp_path / "afile").write_text("")
+    cases = [
+        (["export.onnx_file={t}/folder.onnx", "export.overwrite=true"], "export.onnx_file: {t}/folder.onnx is a folder"),
+        (["export.onnx_file={t}/afile/m.onnx"], "export.onnx_file: {t}/afile/m.onnx: {t}/afile is a file, not a folder"),
+        (["export.onnx_file={t}/new.onnx", "export.opset_version=30"], "export.opset_version: 30 is newer than"),
+        (["export.onnx_file={t}/tiny.onnx", "export.input_width=32", "export.input_height=32"],
+         "the input is too small for this model: its feature maps (4x4 + 2x2 + 1x1) give 21 query candidates"),
+    ]  # fmt: skip
+    for overrides, expected in cases:
+        result = cli("export", "-e", spec, *common, *(o.format(t=tmp_path) for o in overrides))
+        assert result.code == 2 and len(result.error_lines) == 1, result.err
+        assert expected.format(t=tmp_path) in result.error_lines[0]
+    assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["folder.onnx"]  # nothing written
+
+    # written files get the usual permissions (umask 022: 0644), not a temporary file's 0600
+    old = os.umask(0o022)
+    try:
+        plain = tmp_path / "plain" / "model"
+        result = cli("export", "-e", spec, *common, f"export.onnx_file={plain}")
+    finally:
+        os.umask(old)
+    assert result.code == 0 and "recognise ONNX files by the suffix .onnx" in result.err
+    for name in ("model", "labels.txt", "nvinfer_config.txt"):
+        assert stat.S_IMODE((plain.parent / name).stat().st_mode) == 0o644, name
+    # an end-to-end graph over it: the DeepStream files beside now describe something else
+    result = cli("export", "-e", spec, *common, f"export.onnx_file={plain}", "export.end_to_end=true",
+                 "export.overwrite=true")  # fmt: skip
+    assert result.code == 0 and "describe this file as a raw-output export" in result.err
 
 
 def test_evaluate_and_inference_run_the_onnx_file_with_the_checkpoints_results(

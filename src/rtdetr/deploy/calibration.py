@@ -21,11 +21,15 @@ from rtdetr.errors import UserError
 log = logging.getLogger(__name__)
 
 CALIBRATION_SEED = 0  # the calibration images are a fixed random sample of the given files
+REQUIREMENT = "cal_batches x cal_batch_size"  # gen_trt_engine's calibration fields
 
 
-def calibration_images(entries: Sequence[str], needed: int, *, field: str = "cal_image_dir") -> list[Path]:
+def calibration_images(
+    entries: Sequence[str], needed: int, *, field: str = "cal_image_dir", requirement: str = REQUIREMENT
+) -> list[Path]:
     """The image files of ``entries`` (folders, files, globs) in a fixed random order (seed 0);
-    UserError for videos or fewer than ``needed`` (cal_batches x cal_batch_size) images."""
+    UserError for videos or fewer than ``needed`` images (``requirement`` says where that number
+    comes from)."""
     found = list_inputs(list(entries), field)
     if found.videos:
         raise UserError(
@@ -33,8 +37,7 @@ def calibration_images(entries: Sequence[str], needed: int, *, field: str = "cal
         )
     if len(found.images) < needed:
         raise UserError(
-            f"{field}: found {len(found.images)} images, INT8 calibration needs "
-            f"cal_batches x cal_batch_size = {needed}"
+            f"{field}: found {len(found.images)} images, INT8 calibration needs {requirement} = {needed}"
         )
     images = list(found.images)
     random.Random(CALIBRATION_SEED).shuffle(images)
@@ -49,6 +52,7 @@ def calibration_batches(
     batches: int,
     *,
     field: str = "cal_image_dir",
+    requirement: str = REQUIREMENT,
 ) -> Iterator[np.ndarray]:
     """``batches`` contiguous float32 arrays [batch_size, 3, H, W] (RGB in [0, 1]), each image prepared
     as the Detector prepares it. Unreadable images are skipped with a warning and the next file
@@ -63,7 +67,7 @@ def calibration_batches(
             if path is None:
                 raise UserError(
                     f"{field}: only {done * batch_size + len(batch)} readable images ({skipped} "
-                    f"unreadable), INT8 calibration needs cal_batches x cal_batch_size = {batches * batch_size}"
+                    f"unreadable), INT8 calibration needs {requirement} = {batches * batch_size}"
                 )
             try:
                 image = load_image(path)

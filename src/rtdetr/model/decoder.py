@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rtdetr.errors import UserError
 from rtdetr.model.deform_attn import MSDeformableAttention
 from rtdetr.model.denoising import contrastive_denoising_group, inverse_sigmoid
 from rtdetr.model.layers import get_activation
@@ -64,6 +65,10 @@ def generate_anchors(
     logits = torch.log(anchors / (1 - anchors))
     logits = torch.where(valid, logits, torch.full_like(logits, torch.finfo(torch.float32).max))
     return logits, valid
+
+
+class InputTooSmall(UserError, ValueError):
+    """An input whose feature maps have fewer tokens than the decoder has queries."""
 
 
 class TransformerDecoderLayer(nn.Module):
@@ -278,6 +283,13 @@ class RTDETRDecoder(nn.Module):
           times), `dn_num_group` (int), `dn_num_split` ([N_dn, Q]).
         """
         memory, shapes = self._flatten_levels(feats)
+        candidates = int(memory.shape[1])  # a constant in a traced graph: the input size is fixed there
+        if candidates < self.num_queries:
+            maps = " + ".join(f"{int(h)}x{int(w)}" for h, w in shapes)
+            raise InputTooSmall(
+                f"the input is too small for this model: its feature maps ({maps}) give {candidates} query "
+                f"candidates, fewer than num_queries {self.num_queries}; use a larger input_width/input_height"
+            )
         dn = None
         if self.training and self.num_denoising > 0 and targets is not None:
             dn = contrastive_denoising_group(

@@ -29,6 +29,13 @@ def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Path:
         {} if e.end_to_end else deepstream_files(e.onnx_file, model.metadata, e.input_height, e.input_width)
     )
     check_deepstream_files(deepstream, e.overwrite)
+    if e.end_to_end:
+        config = Path(e.onnx_file).parent / "nvinfer_config.txt"
+        if config.is_file() and f"onnx-file={Path(e.onnx_file).name}\n" in config.read_text(encoding="utf-8"):
+            log.warning(
+                "export.end_to_end: %s (and labels.txt) describe this file as a raw-output export, which "
+                "it no longer is; DeepStream cannot run an end-to-end graph: remove them", config
+            )  # fmt: skip
     path = export_onnx(
         model, model.metadata, e.onnx_file, height=e.input_height, width=e.input_width, batch_size=e.batch_size,
         opset=e.opset_version, end_to_end=e.end_to_end, num_select=cfg.model.num_select, device=device,
