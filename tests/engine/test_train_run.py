@@ -76,7 +76,7 @@ def test_small_model_learns_with_tao_outputs(squares, spec_file, tmp_path):
     assert model.metadata.category_ids == [-1, 1, 2]
 
 
-def test_ema_twins_and_dry_run(small_squares, spec_file, tmp_path):
+def test_ema_twins_and_dry_run(small_squares, spec_file, tmp_path, cli):
     spec = spec_file(small_squares, train={"num_epochs": 2, "enable_ema": True, "ema": {"decay": 0.5}})
     assert main(["-q", "train", "-e", str(spec)]) == 0
     results = tmp_path / "results" / "train"
@@ -92,6 +92,21 @@ def test_ema_twins_and_dry_run(small_squares, spec_file, tmp_path):
     key = "model.decoder.dec_score_head.0.weight"
     assert not torch.equal(raw[key], ema[key])
     assert load_model(results / "model_epoch_001-EMA.pth").metadata.num_classes == 3
+
+    # resuming from a checkpoint that cannot be: one line, exit 2, the run's logs untouched
+    metrics = (results / "logs" / "metrics.csv").read_text()
+    other = cli("train", "-e", spec, "train.num_epochs=3", "dataset.num_classes=5")
+    assert other.code == 2 and len(other.error_lines) == 1, other.err
+    assert "resuming from the results_dir's latest checkpoint: " in other.error_lines[0]
+    assert "model_epoch_001.pth does not fit this spec's model (7 tensors of another shape" in other.err
+    foreign = cli("train", "-e", spec, "train.num_epochs=3", f"train.resume_training_checkpoint_path={spec}")
+    assert foreign.code == 2 and len(foreign.error_lines) == 1, foreign.err
+    assert (
+        "train.resume_training_checkpoint_path: " in foreign.err
+        and "not a readable checkpoint" in foreign.err
+    )
+    assert (results / "logs" / "metrics.csv").read_text() == metrics
+    assert not list((results / "logs").glob("metrics.part*.csv"))
 
     dry = spec_file(
         small_squares, name="dry.yaml", results_dir=str(tmp_path / "dry"), train={"is_dry_run": True}

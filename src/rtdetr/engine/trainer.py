@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from rtdetr import __version__
-from rtdetr.checkpoint import ModelMetadata, build_from_metadata
+from rtdetr.checkpoint import ModelMetadata, build_from_metadata, read_checkpoint
 from rtdetr.config import ExperimentConfig, spec_to_dict
 from rtdetr.engine.callbacks import (
     AtomicCheckpointIO,
@@ -73,6 +73,35 @@ def resume_path(cfg: ExperimentConfig, results_dir: Path) -> Path | None:
             raise UserError(f"train.resume_training_checkpoint_path: {path}: checkpoint not found")
         return path
     return latest_checkpoint(results_dir)
+
+
+def check_resume_checkpoint(path: Path, module: L.LightningModule, explicit: bool) -> None:
+    """One-line UserError, before anything is touched, when the checkpoint to resume from is not a
+    readable rtdetr checkpoint or does not fit the spec's model."""
+    where = (
+        "train.resume_training_checkpoint_path"
+        if explicit
+        else "resuming from the results_dir's latest checkpoint"
+    )
+    fix = (
+        "give a checkpoint of this spec's model"
+        if explicit
+        else "train with the spec this results_dir was trained with, or use a new results_dir"
+    )
+    try:
+        theirs = read_checkpoint(path)["state_dict"]
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from exc
+    own = module.state_dict()
+    other = [k for k in own if k in theirs and tuple(theirs[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in theirs]
+    if other or missing:
+        key = (other or missing)[0]
+        found = f"shape {list(theirs[key].shape)}" if key in theirs else "missing"
+        raise UserError(
+            f"{where}: {path} does not fit this spec's model ({len(other)} tensors of another shape, "
+            f"{len(missing)} missing; e.g. {key}: {found}, the spec's model has {list(own[key].shape)}); {fix}"
+        )
 
 
 def build_module(cfg: ExperimentConfig, data: TrainingData) -> DetectionModule:
@@ -206,6 +235,7 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
     trainer._rtdetr_dry_run = dry
     ckpt = None if dry else resume_path(cfg, results_dir)
     if ckpt is not None:
+        check_resume_checkpoint(ckpt, module, bool(cfg.train.resume_training_checkpoint_path))
         log.info("resuming from %s", ckpt)
         status.write("RUNNING", f"Resuming training from {ckpt}.")
         _keep_previous_metrics(results_dir / "logs")
