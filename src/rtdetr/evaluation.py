@@ -41,27 +41,37 @@ def detect_dataset(
     batch_size: int = 4,
     workers: int = 0,
     dataset_type: str = "serialized",
+    unreadable: list[int] | None = None,
 ) -> list[dict]:
     """COCO results (bbox xywh in original pixels, the source's category ids) of ``detector`` (a
     rtdetr.Detector) on every image of ``source`` (a rtdetr.data.coco.CocoSource), score >= conf.
 
     Images are prepared at the detector's input size. Detections of a class that no category of the
-    source maps to are dropped (with a warning)."""
+    source maps to are dropped (with a warning). The ids of images that cannot be read are appended
+    to ``unreadable`` (leave them out of the ground truth: ``metrics.without_images``)."""
     from rtdetr.data.dataset import CocoDetection
     from rtdetr.engine.data import make_loader
     from rtdetr.engine.metrics import coco_results
 
     loader = make_loader(
-        CocoDetection(source.records, detector.preset, dataset_type=dataset_type),
+        CocoDetection(source.records, detector.preset, dataset_type=dataset_type, substitute_unreadable=False),
         batch_size=batch_size, workers=workers, pin_memory=False, train=False, seed=0,
     )  # fmt: skip
     to_category = np.asarray(source.label_to_category)
     results: list[dict] = []
+    seen: set[int] = set()
     with tqdm(total=len(source.records), unit="img", desc="evaluate", disable=None) as bar:
         for images, targets in loader:
             canvas = torch.stack([t["canvas_size"] for t in targets])
             orig = torch.stack([t["orig_size"] for t in targets])
             for t, det in zip(targets, detector.detect_batch(images, canvas, orig, conf)):
+                if int(t["image_id"]) in seen:  # never twice (a padded batch repeats images)
+                    continue
+                seen.add(int(t["image_id"]))
+                if t.get("unreadable"):
+                    if unreadable is not None:
+                        unreadable.append(int(t["image_id"]))
+                    continue
                 results += coco_results(
                     [int(t["image_id"])], [det.boxes], [det.scores], [to_category[det.labels]]
                 )

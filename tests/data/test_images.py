@@ -89,3 +89,29 @@ def test_unreadable_images_are_skipped(tmp_path, caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2  # once per file
     assert "truncated.jpg" in warnings[0] and "text.jpg" in warnings[1]
+
+    # evaluation: each image stays itself, the unreadable ones marked and blank (no boxes)
+    scored = CocoDetection(records, EvalPreset([4, 4]), dataset_type="default", substitute_unreadable=False)
+    with caplog.at_level(logging.WARNING, logger="rtdetr"):
+        samples = [scored[i] for i in (0, 1, 2, 0)]
+    assert [int(t["image_id"]) for _, t in samples] == [0, 1, 2, 0]
+    assert [bool(t.get("unreadable")) for _, t in samples] == [True, True, False, True]
+    assert all(len(t["boxes"]) == 0 for _, t in samples) and samples[0][0].shape == samples[2][0].shape
+    assert scored.unreadable == 2 and "left out of the metrics" in caplog.records[-1].getMessage()
+
+
+def test_images_left_out_do_not_count_as_missed():
+    from rtdetr.engine.metrics import evaluate_coco, without_images
+
+    gt = {
+        "images": [{"id": 1, "width": 50, "height": 50}, {"id": 2, "width": 50, "height": 50}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [5, 5, 10, 10], "area": 100, "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [5, 5, 20, 20], "area": 400, "iscrowd": 0},
+        ],
+        "categories": [{"id": 1, "name": "a"}],
+    }
+    found = [{"image_id": 1, "category_id": 1, "bbox": [5, 5, 10, 10], "score": 0.9}]
+    assert evaluate_coco(gt, found)["stats"]["mAP50"] < 0.6  # image 2's box missed
+    assert evaluate_coco(without_images(gt, [2]), found)["stats"]["mAP50"] == 1.0
+    assert without_images(gt, []) is gt

@@ -229,6 +229,9 @@ def test_eval_sampler_pads_last_batch_for_ranks(monkeypatch):
     monkeypatch.setattr(sampling, "_rank_world", lambda w: (1, 2))
     batches = list(EpochBatchSampler(5, 2, shuffle=False, drop_last=False, world_size=2))
     assert [[k[0] for k in b] for b in batches] == [[2, 3], [1, 2]]  # the last global batch [4, pad 0, 1, 2]
+    monkeypatch.setattr(sampling, "_rank_world", lambda w: (0, 1))
+    batches = list(EpochBatchSampler(5, 2, shuffle=False, drop_last=False))
+    assert [[k[0] for k in b] for b in batches] == [[0, 1], [2, 3], [4]]  # one process: no repeats
 
 
 def test_channels_last_training_computes_the_same_loss_and_gradients():

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
@@ -62,7 +63,10 @@ class CocoDetection(torch.utils.data.Dataset):
         crowd boxes are never training targets).
 
     An image that cannot be decoded is logged once (per process), counted in `unreadable`, and the
-    next readable index is returned instead, so one bad file never stops an epoch.
+    next readable index is returned instead, so one bad file never stops an epoch. With
+    ``substitute_unreadable`` False (evaluation: each image must count once) it stays itself: a black
+    image of its size without boxes, marked ``target["unreadable"] = True`` for the evaluator to leave
+    out.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class CocoDetection(torch.utils.data.Dataset):
         *,
         dataset_type: str = "serialized",
         include_crowd: bool = False,
+        substitute_unreadable: bool = True,
     ):
         if dataset_type not in DATASET_TYPES:
             raise ValueError(f"dataset_type must be one of {DATASET_TYPES}, got {dataset_type!r}")
@@ -79,6 +84,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.dataset_type = dataset_type
         self.transforms = transforms
         self.include_crowd = include_crowd
+        self.substitute_unreadable = substitute_unreadable
         self.unreadable = 0  # images that failed to decode in this process
         self._bad: set[int] = set()
         self._size_warned: set[int] = set()
@@ -97,23 +103,34 @@ class CocoDetection(torch.utils.data.Dataset):
         first_error = None
         for attempt in range(min(len(self), MAX_CONSECUTIVE_UNREADABLE)):
             i = (index + attempt) % len(self)
-            if i in self._bad:
+            if i in self._bad and self.substitute_unreadable:
                 continue
             record = self.records[i]
             try:
+                if i in self._bad:
+                    return self._unreadable_sample(i, record)
                 image = load_image(record["file_name"])
             except UNREADABLE_IMAGE_ERRORS as exc:
                 self._bad.add(i)
                 self.unreadable += 1
                 first_error = first_error or f"{record['file_name']}: {exc}"
-                logger.warning(
-                    "cannot read image %s (%s); using another image instead", record["file_name"], exc
+                instead = (
+                    "using another image instead" if self.substitute_unreadable else "left out of the metrics"
                 )
+                logger.warning("cannot read image %s (%s); %s", record["file_name"], exc, instead)
+                if not self.substitute_unreadable:
+                    return self._unreadable_sample(i, record)
                 continue
             return self._sample(i, record, image)
         raise UserError(
             f"no readable image among {min(len(self), MAX_CONSECUTIVE_UNREADABLE)} tried from index {index}; first: {first_error}"
         )
+
+    def _unreadable_sample(self, index: int, record: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        blank = {**record, "boxes": [], "labels": [], "crowd_boxes": [], "crowd_labels": []}
+        image, target = self._sample(index, blank, Image.new("RGB", (record["width"], record["height"])))
+        target["unreadable"] = True
+        return image, target
 
     def _sample(self, index: int, record: dict[str, Any], image) -> tuple[torch.Tensor, dict[str, Any]]:
         width, height = image.size

@@ -75,7 +75,9 @@ class EpochBatchSampler(Sampler):
         size = self.batch_size * world
         for b in range(self._num_global_batches(world)):
             chunk = order[b * size : (b + 1) * size]
-            if len(chunk) < size:  # evaluation only: pad with repeats of the first items
+            if len(chunk) < size and world > 1:
+                # evaluation only: pad with repeats of the first items so that every rank runs as many
+                # batches (the evaluator counts each image once); one process takes the short batch
                 chunk = chunk + (order * math.ceil(size / len(order)))[: size - len(chunk)]
             scale = rng.choice(self.scales) if self.scales else 0
             mine = chunk[rank * self.batch_size : (rank + 1) * self.batch_size]

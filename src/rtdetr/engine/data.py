@@ -133,6 +133,7 @@ def build_training_data(cfg: ExperimentConfig, results_dir: Path, world_size: in
         val_source.records,
         build_transforms(False, aug.eval_spatial_size, preserve_aspect_ratio=aug.preserve_aspect_ratio),
         dataset_type=d.dataset_type,
+        substitute_unreadable=False,  # validation scores every image once
     )
     seed = cfg.train.seed
     common = {"workers": d.workers, "pin_memory": d.pin_memory, "seed": seed, "world_size": world_size}

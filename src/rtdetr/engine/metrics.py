@@ -6,7 +6,7 @@ import contextlib
 import copy
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
@@ -40,6 +40,19 @@ def coco_results(
             for box, si, ci in zip(xywh, np.asarray(s), np.asarray(c))
         )
     return out
+
+
+def without_images(gt: dict, image_ids: Collection[int]) -> dict:
+    """``gt`` (COCO JSON layout) without the images ``image_ids`` and their annotations: images left
+    out of an evaluation (unreadable) must not count as missed."""
+    if not image_ids:
+        return gt
+    drop = set(image_ids)
+    return {
+        **gt,
+        "images": [im for im in gt["images"] if im["id"] not in drop],
+        "annotations": [a for a in gt["annotations"] if a["image_id"] not in drop],
+    }
 
 
 def evaluate_coco(gt: dict, results: list[dict], class_ids: Sequence[int] | None = None) -> dict:

@@ -13,7 +13,7 @@ from torch import nn
 
 from rtdetr.checkpoint import ModelMetadata
 from rtdetr.config.schema import OptimConfig
-from rtdetr.engine.metrics import coco_results, evaluate_coco
+from rtdetr.engine.metrics import coco_results, evaluate_coco, without_images
 from rtdetr.engine.model_setup import use_channels_last
 from rtdetr.engine.optim import StepSchedule, base_lr, build_optimizer, param_groups
 from rtdetr.errors import UserError
@@ -126,6 +126,8 @@ class DetectionModule(L.LightningModule):
     # --------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
         self._val_results = []
+        self._val_unreadable: list[int] = []
+        self._val_seen: set[int] = set()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, targets = batch
@@ -142,6 +144,12 @@ class DetectionModule(L.LightningModule):
             self.num_select,
         )
         for t, (s, lab, b) in zip(targets, per_image):
+            if int(t["image_id"]) in self._val_seen:  # a repeat padding the last batch of a rank
+                continue
+            self._val_seen.add(int(t["image_id"]))
+            if t.get("unreadable"):
+                self._val_unreadable.append(int(t["image_id"]))
+                continue
             cats = lab.cpu().numpy()
             if self.label_to_category is not None:
                 cats = np.asarray(self.label_to_category)[cats]
@@ -152,17 +160,19 @@ class DetectionModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.val_gt is None or self.trainer.sanity_checking:
             return
-        results = self._val_results
+        results, unreadable = self._val_results, set(self._val_unreadable)
         if self.trainer.world_size > 1 and torch.distributed.is_initialized():
             gathered: list = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, results)
+            torch.distributed.all_gather_object(gathered, (results, self._val_unreadable))
             seen: set[int] = set()
             results = []
-            for part in gathered:  # the distributed sampler pads with repeats: keep each image once
+            for part, skipped in gathered:  # the distributed sampler pads with repeats: each image once
                 images = {r["image_id"] for r in part} - seen
                 results.extend(r for r in part if r["image_id"] in images)
                 seen |= images
-        stats = evaluate_coco(self.val_gt, results)["stats"]
+                unreadable.update(skipped)
+        # an unreadable image is left out (not scored as missed, nor another image twice)
+        stats = evaluate_coco(without_images(self.val_gt, unreadable), results)["stats"]
         self.log("val_mAP", stats["mAP"], rank_zero_only=False, sync_dist=False)
         self.log("val_mAP50", stats["mAP50"], rank_zero_only=False, sync_dist=False)
 

@@ -48,7 +48,7 @@ def keep_host_memory_for_cpu_model(detector) -> None:
 def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> dict:
     from rtdetr.detector import Detector
     from rtdetr.engine.data import ISSUES_LOG, read_sources, report_source
-    from rtdetr.engine.metrics import coco_ground_truth, evaluate_coco
+    from rtdetr.engine.metrics import coco_ground_truth, evaluate_coco, without_images
     from rtdetr.evaluation import (
         confusion_matrix,
         detect_dataset,
@@ -83,8 +83,12 @@ def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> dict:
                 f"(categories: {', '.join(map(str, sorted(known)))})"
             )
 
+    unreadable: list[int] = []
     results = detect_dataset(detector, source, ev.conf_threshold, batch_size=d.batch_size, workers=d.workers,
-                             dataset_type=d.dataset_type)  # fmt: skip
+                             dataset_type=d.dataset_type, unreadable=unreadable)  # fmt: skip
+    if unreadable:
+        log.warning("%d unreadable images left out of the metrics", len(unreadable))
+        gt = without_images(gt, unreadable)
     atomic_write_text(results_dir / PREDICTIONS_JSON, json.dumps(results) + "\n")
     metrics = evaluate_coco(gt, results, class_ids=class_ids)
     stats, per_class = metrics["stats"], metrics["per_class"]
