@@ -26,3 +26,18 @@ def test_example_spec_validates(name):
     assert cfg.dataset.num_classes >= 1
     if name == "export_bccd.yaml":  # the same file also drives the quantize task
         rtdetr.load_spec(EXAMPLES / name, action="quantize")
+
+
+def test_the_train_example_runs(cli, tmp_path):
+    """A dry run (one step, one validation batch) with the example's settings (bf16 with gradient
+    clipping, EMA, ...), on the BCCD sample shipped in the package and at a small size."""
+    sample = Path(rtdetr.__file__).parent / "assets" / "bccd_sample"
+    sources = {"image_dir": str(sample / "images")}
+    result = cli(
+        "train", "-e", EXAMPLES / "train_bccd.yaml", f"results_dir={tmp_path}", "train.is_dry_run=true",
+        f"dataset.train_data_sources=[{{image_dir: {sources['image_dir']}, json_file: {sample / 'train.json'}}}]",
+        f"dataset.val_data_sources={{image_dir: {sources['image_dir']}, json_file: {sample / 'val.json'}}}",
+        "dataset.workers=0", "dataset.batch_size=2", "dataset.augmentation.train_spatial_size=[160,160]",
+        "dataset.augmentation.eval_spatial_size=[160,160]", "dataset.augmentation.multi_scales=[]",
+    )  # fmt: skip
+    assert result.code == 0, result.err
