@@ -283,7 +283,7 @@ class RTDETRDecoder(nn.Module):
           times), `dn_num_group` (int), `dn_num_split` ([N_dn, Q]).
         """
         memory, shapes = self._flatten_levels(feats)
-        candidates = int(memory.shape[1])  # a constant in a traced graph: the input size is fixed there
+        candidates = int(memory.shape[1])  # a check only: in a trace it reads the example input (no graph op)
         if candidates < self.num_queries:
             maps = " + ".join(f"{int(h)}x{int(w)}" for h, w in shapes)
             raise InputTooSmall(
