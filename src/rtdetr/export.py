@@ -11,6 +11,7 @@ under the ONNX metadata key ``rtdetr``, so evaluate, inference and the Detector 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -173,6 +174,7 @@ def export_onnx(
         wrapper, args = RawOutputs(net), (images,)
         inputs, outputs = ["inputs"], list(RAW_OUTPUTS)
     dynamic = {name: {0: "batch"} for name in inputs + outputs} if batch_size == -1 else None
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # deepest first
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.export.tmp")
     try:
@@ -203,6 +205,12 @@ def export_onnx(
             entry.key, entry.value = key, value
         onnx.checker.check_model(proto, full_check=True)
         atomic_write(path, lambda fh: fh.write(proto.SerializeToString()), mode="wb")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        for folder in created:  # a failed export leaves no empty folders of its own behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     log.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)

@@ -135,7 +135,7 @@ def test_output_paths_opsets_and_sizes_that_cannot_work_are_one_line(cli, traine
         (["export.onnx_file={t}/folder.onnx", "export.overwrite=true"], "export.onnx_file: {t}/folder.onnx is a folder"),
         (["export.onnx_file={t}/afile/m.onnx"], "export.onnx_file: {t}/afile/m.onnx: {t}/afile is a file, not a folder"),
         (["export.onnx_file={t}/new.onnx", "export.opset_version=30"], "export.opset_version: 30 is newer than"),
-        (["export.onnx_file={t}/tiny.onnx", "export.input_width=32", "export.input_height=32"],
+        (["export.onnx_file={t}/new/tiny.onnx", "export.input_width=32", "export.input_height=32"],
          "the input is too small for this model: its feature maps (4x4 + 2x2 + 1x1) give 21 query candidates"),
     ]  # fmt: skip
     for overrides, expected in cases:
@@ -143,6 +143,7 @@ def test_output_paths_opsets_and_sizes_that_cannot_work_are_one_line(cli, traine
         assert result.code == 2 and len(result.error_lines) == 1, result.err
         assert expected.format(t=tmp_path) in result.error_lines[0]
     assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["folder.onnx"]  # nothing written
+    assert not (tmp_path / "new").exists()  # nor a folder left behind by the failed export
 
     # written files get the usual permissions (umask 022: 0644), not a temporary file's 0600
     old = os.umask(0o022)
