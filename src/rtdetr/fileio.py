@@ -10,6 +10,10 @@ from typing import IO
 
 from rtdetr.errors import UserError
 
+# the process umask, read once at import: reading it means setting it, which is not thread-safe
+_UMASK = os.umask(0o077)
+os.umask(_UMASK)
+
 
 def atomic_write(
     path: str | os.PathLike, write: Callable[[IO], None], mode: str = "w", fsync: bool = True
@@ -22,11 +26,12 @@ def atomic_write(
     path.parent.mkdir(parents=True, exist_ok=True)
     # mkstemp makes the file private (0600); give it the mode an ordinary open() would (the
     # replaced file's, else 0666 less the umask), so that e.g. a DeepStream container can read it
-    mode_bits = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_umask()
+    mode_bits = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_UMASK
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, mode_bits)
         with os.fdopen(fd, mode) as fh:
+            if hasattr(os, "fchmod"):  # POSIX (Windows from Python 3.13, where it sets read-only only)
+                os.fchmod(fh.fileno(), mode_bits)
             write(fh)
             fh.flush()
             if fsync:
@@ -44,16 +49,10 @@ def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = True) ->
     return atomic_write(path, lambda fh: fh.write(text), fsync=fsync)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def check_output_file(path: str | os.PathLike, field: str, overwrite: bool, overwrite_field: str) -> Path:
     """``path`` as a file that may be written, before any work is done: one-line UserError naming
     ``field`` for a folder, a path below a file, or an existing file without ``overwrite``."""
-    path = Path(path).expanduser()
+    path = Path(path)
     if path.is_dir():
         raise UserError(f"{field}: {path} is a folder; give a file path")
     blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)

@@ -152,6 +152,7 @@ def quantize_onnx(
                                "MatMulConstBOnly": True},  # honoured by the QOperator format only
                 )  # fmt: skip
 
+        failure = None
         try:
             run(calibration_method)
         except ValueError as exc:
@@ -159,9 +160,11 @@ def quantize_onnx(
             # with saturated outputs, e.g. far from its training size); MinMax needs no histogram
             if calibration_method == "MinMax" or "bins" not in str(exc):
                 raise
+            failure = str(exc)
+        if failure is not None:  # outside the except: the failed calibrator's memory is released
             log.warning(
                 "%s.calibration_method %s: ONNX Runtime's histogram failed (%s): calibrating with MinMax",
-                section, calibration_method, exc,
+                section, calibration_method, failure,
             )  # fmt: skip
             calibration_method = "MinMax"
             run(calibration_method)

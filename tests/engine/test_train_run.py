@@ -99,6 +99,8 @@ def test_ema_twins_and_dry_run(small_squares, spec_file, tmp_path, cli):
     assert other.code == 2 and len(other.error_lines) == 1, other.err
     assert "resuming from the results_dir's latest checkpoint: " in other.error_lines[0]
     assert "model_epoch_001.pth does not fit this spec's model (7 tensors of another shape" in other.err
+    fewer = cli("train", "-e", spec, "train.num_epochs=3", "model.dec_layers=1")  # a smaller model
+    assert fewer.code == 2 and "0 tensors of another shape, 0 missing, " in fewer.err, fewer.err
     foreign = cli("train", "-e", spec, "train.num_epochs=3", f"train.resume_training_checkpoint_path={spec}")
     assert foreign.code == 2 and len(foreign.error_lines) == 1, foreign.err
     assert (

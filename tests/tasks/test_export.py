@@ -4,7 +4,6 @@ exported model run by evaluate, inference and the Detector with the checkpoint's
 from __future__ import annotations
 
 import json
-import os
 import stat
 
 import numpy as np
@@ -13,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from rtdetr import Detector
+from rtdetr import Detector, fileio
 from rtdetr.checkpoint import ModelMetadata, load_model
 from rtdetr.deploy import OnnxBackend, TorchBackend
 from rtdetr.export import class_zero_is_real, read_onnx_metadata
@@ -145,16 +144,12 @@ def test_output_paths_opsets_and_sizes_that_cannot_work_are_one_line(cli, traine
     assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["folder.onnx"]  # nothing written
     assert not (tmp_path / "new").exists()  # nor a folder left behind by the failed export
 
-    # written files get the usual permissions (umask 022: 0644), not a temporary file's 0600
-    old = os.umask(0o022)
-    try:
-        plain = tmp_path / "plain" / "model"
-        result = cli("export", "-e", spec, *common, f"export.onnx_file={plain}")
-    finally:
-        os.umask(old)
+    # written files get the usual permissions (0644 under umask 022), not a temporary file's 0600
+    plain = tmp_path / "plain" / "model"
+    result = cli("export", "-e", spec, *common, f"export.onnx_file={plain}")
     assert result.code == 0 and "recognise ONNX files by the suffix .onnx" in result.err
     for name in ("model", "labels.txt", "nvinfer_config.txt"):
-        assert stat.S_IMODE((plain.parent / name).stat().st_mode) == 0o644, name
+        assert stat.S_IMODE((plain.parent / name).stat().st_mode) == 0o666 & ~fileio._UMASK, name
     # an end-to-end graph over it: the DeepStream files beside now describe something else
     result = cli("export", "-e", spec, *common, f"export.onnx_file={plain}", "export.end_to_end=true",
                  "export.overwrite=true")  # fmt: skip

@@ -278,9 +278,7 @@ def load_coco(
     source = CocoSource(
         [str(json_file)], list(records.values()), categories, num_classes, remap_mscoco_category, report
     )
-    for line in source.summary_lines():
-        logger.debug("%s", line)
-    return source
+    return source  # the summary: source.summary_lines() (rtdetr.engine.data.report_source logs it)
 
 
 def _check_num_classes(json_file: Path, categories: dict[int, str], num_classes: int, remap: bool) -> None:

@@ -95,12 +95,16 @@ def check_resume_checkpoint(path: Path, module: L.LightningModule, explicit: boo
     own = module.state_dict()
     other = [k for k in own if k in theirs and tuple(theirs[k].shape) != tuple(own[k].shape)]
     missing = [k for k in own if k not in theirs]
-    if other or missing:
-        key = (other or missing)[0]
-        found = f"shape {list(theirs[key].shape)}" if key in theirs else "missing"
+    extra = [k for k in theirs if k not in own]
+    if other or missing or extra:
+        key = (other or missing or extra)[0]
+        if key in own and key in theirs:
+            example = f"{key}: shape {list(theirs[key].shape)}, the spec's model has {list(own[key].shape)}"
+        else:
+            example = f"{key} {'missing' if key in own else 'not in the spec' + chr(39) + 's model'}"
         raise UserError(
             f"{where}: {path} does not fit this spec's model ({len(other)} tensors of another shape, "
-            f"{len(missing)} missing; e.g. {key}: {found}, the spec's model has {list(own[key].shape)}); {fix}"
+            f"{len(missing)} missing, {len(extra)} extra; e.g. {example}); {fix}"
         )
 
 

@@ -31,7 +31,9 @@ def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Path:
     check_deepstream_files(deepstream, e.overwrite)
     if e.end_to_end:
         config = Path(e.onnx_file).parent / "nvinfer_config.txt"
-        if config.is_file() and f"onnx-file={Path(e.onnx_file).name}\n" in config.read_text(encoding="utf-8"):
+        if config.is_file() and f"onnx-file={Path(e.onnx_file).name}\n" in config.read_text(
+            encoding="utf-8", errors="replace"
+        ):
             log.warning(
                 "export.end_to_end: %s (and labels.txt) describe this file as a raw-output export, which "
                 "it no longer is; DeepStream cannot run an end-to-end graph: remove them", config
