@@ -59,15 +59,11 @@ def detect_dataset(
     )  # fmt: skip
     to_category = np.asarray(source.label_to_category)
     results: list[dict] = []
-    seen: set[int] = set()
     with tqdm(total=len(source.records), unit="img", desc="evaluate", disable=None) as bar:
         for images, targets in loader:
             canvas = torch.stack([t["canvas_size"] for t in targets])
             orig = torch.stack([t["orig_size"] for t in targets])
             for t, det in zip(targets, detector.detect_batch(images, canvas, orig, conf)):
-                if int(t["image_id"]) in seen:  # never twice (a padded batch repeats images)
-                    continue
-                seen.add(int(t["image_id"]))
                 if t.get("unreadable"):
                     if unreadable is not None:
                         unreadable.append(int(t["image_id"]))

@@ -103,12 +103,12 @@ class CocoDetection(torch.utils.data.Dataset):
         first_error = None
         for attempt in range(min(len(self), MAX_CONSECUTIVE_UNREADABLE)):
             i = (index + attempt) % len(self)
-            if i in self._bad and self.substitute_unreadable:
-                continue
             record = self.records[i]
+            if i in self._bad:
+                if self.substitute_unreadable:
+                    continue
+                return self._unreadable_sample(i, record)
             try:
-                if i in self._bad:
-                    return self._unreadable_sample(i, record)
                 image = load_image(record["file_name"])
             except UNREADABLE_IMAGE_ERRORS as exc:
                 self._bad.add(i)

@@ -74,7 +74,9 @@ class DetectionModule(L.LightningModule):
         self.val_gt = val_gt
         self.seed = seed
         self.channels_last = False  # see to_channels_last
-        self._val_results: list[dict] = []
+        # per validation image id: its COCO detections, None when unreadable; the first occurrence
+        # counts (DDP pads a rank's last batch with repeats)
+        self._val_images: dict[int, list[dict] | None] = {}
 
     def forward(self, images: torch.Tensor) -> dict:
         return self.model(self._layout(images))
@@ -125,9 +127,7 @@ class DetectionModule(L.LightningModule):
 
     # --------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
-        self._val_results = []
-        self._val_unreadable: list[int] = []
-        self._val_seen: set[int] = set()
+        self._val_images = {}
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, targets = batch
@@ -144,34 +144,33 @@ class DetectionModule(L.LightningModule):
             self.num_select,
         )
         for t, (s, lab, b) in zip(targets, per_image):
-            if int(t["image_id"]) in self._val_seen:  # a repeat padding the last batch of a rank
+            image_id = int(t["image_id"])
+            if image_id in self._val_images:
                 continue
-            self._val_seen.add(int(t["image_id"]))
             if t.get("unreadable"):
-                self._val_unreadable.append(int(t["image_id"]))
+                self._val_images[image_id] = None
                 continue
             cats = lab.cpu().numpy()
             if self.label_to_category is not None:
                 cats = np.asarray(self.label_to_category)[cats]
-            self._val_results.extend(
-                coco_results([int(t["image_id"])], [b.cpu().numpy()], [s.cpu().numpy()], [cats])
+            self._val_images[image_id] = coco_results(
+                [image_id], [b.cpu().numpy()], [s.cpu().numpy()], [cats]
             )
 
     def on_validation_epoch_end(self) -> None:
         if self.val_gt is None or self.trainer.sanity_checking:
             return
-        results, unreadable = self._val_results, set(self._val_unreadable)
+        images = self._val_images
         if self.trainer.world_size > 1 and torch.distributed.is_initialized():
             gathered: list = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, (results, self._val_unreadable))
-            seen: set[int] = set()
-            results = []
-            for part, skipped in gathered:  # the distributed sampler pads with repeats: each image once
-                images = {r["image_id"] for r in part} - seen
-                results.extend(r for r in part if r["image_id"] in images)
-                seen |= images
-                unreadable.update(skipped)
+            torch.distributed.all_gather_object(gathered, images)
+            images = {}
+            for part in gathered:
+                for image_id, found in part.items():
+                    images.setdefault(image_id, found)
+        results = [r for found in images.values() if found is not None for r in found]
         # an unreadable image is left out (not scored as missed, nor another image twice)
+        unreadable = [image_id for image_id, found in images.items() if found is None]
         stats = evaluate_coco(without_images(self.val_gt, unreadable), results)["stats"]
         self.log("val_mAP", stats["mAP"], rank_zero_only=False, sync_dist=False)
         self.log("val_mAP50", stats["mAP50"], rank_zero_only=False, sync_dist=False)

@@ -93,15 +93,15 @@ def check_resume_checkpoint(path: Path, module: L.LightningModule, explicit: boo
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from exc
     own = module.state_dict()
-    other = [k for k in own if k in theirs and tuple(theirs[k].shape) != tuple(own[k].shape)]
+    other = [k for k in own if k in theirs and theirs[k].shape != own[k].shape]
     missing = [k for k in own if k not in theirs]
     extra = [k for k in theirs if k not in own]
     if other or missing or extra:
-        key = (other or missing or extra)[0]
-        if key in own and key in theirs:
+        if other:
+            key = other[0]
             example = f"{key}: shape {list(theirs[key].shape)}, the spec's model has {list(own[key].shape)}"
         else:
-            example = f"{key} {'missing' if key in own else 'not in the spec' + chr(39) + 's model'}"
+            example = f"{missing[0]} missing" if missing else f"{extra[0]} not in the spec's model"
         raise UserError(
             f"{where}: {path} does not fit this spec's model ({len(other)} tensors of another shape, "
             f"{len(missing)} missing, {len(extra)} extra; e.g. {example}); {fix}"
