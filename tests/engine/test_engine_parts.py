@@ -300,3 +300,57 @@ def test_ctrl_c_is_deferred_to_the_next_step_and_a_second_one_stops_at_once():
             for _ in range(1000):
                 pass
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_validation_leaves_unreadable_images_out_of_loss_and_scores(model, monkeypatch):
+    from rtdetr.checkpoint import ModelMetadata
+    from rtdetr.engine.module import DetectionModule
+    from rtdetr.engine.trainer import build_criterion
+
+    spec = load_spec({})
+    module = DetectionModule(
+        model, build_criterion(spec.model, 3), optim=spec.train.optim,
+        metadata=ModelMetadata(model={}, num_classes=3), num_select=5,
+    )  # fmt: skip
+    logged = []
+    monkeypatch.setattr(module, "log", lambda name, value, **kw: logged.append((float(value), kw["batch_size"])))
+    model.eval()
+
+    def target(image_id, unreadable=False):
+        t = {
+            "image_id": torch.tensor(image_id), "labels": torch.tensor([1]),
+            "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]]),
+            "orig_size": torch.tensor([64, 64]), "canvas_size": torch.tensor([64, 64]),
+        }  # fmt: skip
+        if unreadable:
+            t.update(labels=torch.zeros(0, dtype=torch.long), boxes=torch.zeros(0, 4), unreadable=True)
+        return t
+
+    torch.manual_seed(1)
+    images = torch.rand(3, 3, 64, 64)
+    module.on_validation_epoch_start()
+    with torch.no_grad():
+        module.validation_step((images, [target(1), target(2, unreadable=True), target(3)]), 0)
+        module.validation_step((images[1:2], [target(2, unreadable=True)]), 1)
+        readable = module.criterion(model(images[[0, 2]]), [target(1), target(3)])
+    from rtdetr.loss import total_loss
+
+    # the loss of the two readable images alone; an all-unreadable batch logs with weight 0
+    assert logged[0] == (pytest.approx(float(total_loss(readable)), rel=1e-5), 2)
+    assert logged[1] == (0.0, 0)
+    assert module._val_images[2] is None and len(module._val_images[1]) == 5 and len(module._val_images[3]) == 5
+
+
+def test_progress_bar_shows_four_significant_digits(monkeypatch):
+    from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.callbacks.progress import rich_progress
+
+    from rtdetr.engine.callbacks import progress_bar
+
+    rich = progress_bar()
+    assert isinstance(rich, RichProgressBar) and rich.theme.metrics_format == ".4g"
+    monkeypatch.setattr(rich_progress, "_RICH_AVAILABLE", False)  # rich not installed: tqdm
+    bar = progress_bar()
+    assert isinstance(bar, TQDMProgressBar)
+    monkeypatch.setattr(ProgressBar, "get_metrics", lambda self, trainer, module: {"lr": 1.2345e-4, "v_num": 3})
+    assert bar.get_metrics(None, None) == {"lr": "0.0001234", "v_num": 3}

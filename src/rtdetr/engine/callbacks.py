@@ -243,7 +243,12 @@ def progress_bar() -> L.Callback:
     from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
     from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTheme
 
+    class TQDMBar(TQDMProgressBar):
+        def get_metrics(self, trainer, pl_module) -> dict:  # tqdm itself shows floats with 3 digits
+            items = super().get_metrics(trainer, pl_module).items()
+            return {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in items}
+
     try:
         return RichProgressBar(theme=RichProgressBarTheme(metrics_format=".4g"))
     except ModuleNotFoundError:  # rich is not installed
-        return TQDMProgressBar()
+        return TQDMBar()

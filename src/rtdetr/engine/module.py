@@ -131,6 +131,16 @@ class DetectionModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, targets = batch
+        # an unreadable image (a blank stand-in) is left out of the loss and the scores alike
+        for t in targets:
+            if t.get("unreadable"):
+                self._val_images.setdefault(int(t["image_id"]), None)
+        keep = [i for i, t in enumerate(targets) if not t.get("unreadable")]
+        if not keep:  # logged with weight 0, so every process logs val_loss in every step
+            self.log("val_loss", images.new_zeros(()), on_epoch=True, batch_size=0, sync_dist=True)
+            return
+        if len(keep) < len(targets):
+            images, targets = images[keep], [targets[i] for i in keep]
         outputs = self.model(self._layout(images))
         losses = self.criterion(outputs, targets)
         self.log("val_loss", total_loss(losses), on_epoch=True, batch_size=images.shape[0], sync_dist=True)
@@ -146,9 +156,6 @@ class DetectionModule(L.LightningModule):
         for t, (s, lab, b) in zip(targets, per_image):
             image_id = int(t["image_id"])
             if image_id in self._val_images:
-                continue
-            if t.get("unreadable"):
-                self._val_images[image_id] = None
                 continue
             cats = lab.cpu().numpy()
             if self.label_to_category is not None:
