@@ -313,7 +313,9 @@ def test_validation_leaves_unreadable_images_out_of_loss_and_scores(model, monke
         metadata=ModelMetadata(model={}, num_classes=3), num_select=5,
     )  # fmt: skip
     logged = []
-    monkeypatch.setattr(module, "log", lambda name, value, **kw: logged.append((float(value), kw["batch_size"])))
+    monkeypatch.setattr(
+        module, "log", lambda name, value, **kw: logged.append((float(value), kw["batch_size"]))
+    )
     model.eval()
 
     def target(image_id, unreadable=False):
@@ -338,7 +340,9 @@ def test_validation_leaves_unreadable_images_out_of_loss_and_scores(model, monke
     # the loss of the two readable images alone; an all-unreadable batch logs with weight 0
     assert logged[0] == (pytest.approx(float(total_loss(readable)), rel=1e-5), 2)
     assert logged[1] == (0.0, 0)
-    assert module._val_images[2] is None and len(module._val_images[1]) == 5 and len(module._val_images[3]) == 5
+    assert (
+        module._val_images[2] is None and len(module._val_images[1]) == 5 and len(module._val_images[3]) == 5
+    )
 
 
 def test_progress_bar_shows_four_significant_digits(monkeypatch):
@@ -352,5 +356,7 @@ def test_progress_bar_shows_four_significant_digits(monkeypatch):
     monkeypatch.setattr(rich_progress, "_RICH_AVAILABLE", False)  # rich not installed: tqdm
     bar = progress_bar()
     assert isinstance(bar, TQDMProgressBar)
-    monkeypatch.setattr(ProgressBar, "get_metrics", lambda self, trainer, module: {"lr": 1.2345e-4, "v_num": 3})
+    monkeypatch.setattr(
+        ProgressBar, "get_metrics", lambda self, trainer, module: {"lr": 1.2345e-4, "v_num": 3}
+    )
     assert bar.get_metrics(None, None) == {"lr": "0.0001234", "v_num": 3}
