@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +39,7 @@ class StatusLogger:
         if kpi:
             line["kpi"] = kpi
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = (json.dumps(line, default=_jsonable) + "\n").encode()
+        data = (json.dumps(_finite(line), default=str, allow_nan=False) + "\n").encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, data)  # one append: a reader never sees half a line
@@ -46,10 +47,18 @@ class StatusLogger:
             os.close(fd)
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
+def _finite(value: Any) -> Any:
+    """``value`` for strict JSON: tensors and numpy scalars as numbers, NaN and infinities as null
+    (e.g. a val_loss with no readable validation image)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def read_status(results_dir: str | os.PathLike) -> list[dict]:

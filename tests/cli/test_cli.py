@@ -128,6 +128,13 @@ def test_status_line_format(tmp_path):
     assert line["kpi"] == {"train_loss": 1.5} and line["epoch"] == 0
     with pytest.raises(ValueError):
         status.write("DONE")
+    # strict JSON: NaN and infinities as null, tensors as numbers
+    import torch
+
+    status.write("RUNNING", kpi={"val_loss": float("nan"), "x": float("inf"), "t": torch.tensor(2.5)})
+    last = (tmp_path / "status.json").read_text().splitlines()[-1]
+    strict = json.loads(last, parse_constant=lambda name: pytest.fail(f"{name} in status.json"))
+    assert strict["kpi"] == {"val_loss": None, "x": None, "t": 2.5}
 
 
 def test_status_written_by_rank_zero_only(tmp_path, monkeypatch):

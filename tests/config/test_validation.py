@@ -165,3 +165,14 @@ def test_debug_shows_traceback(tmp_path):
     path.write_text("model:\n  num_querie: 3\n")
     with pytest.raises(SpecError):
         main(["--debug", "validate", "-e", str(path)])
+
+
+def test_an_empty_source_list_is_reported_once(cli, write_spec):
+    spec = write_spec(
+        {"dataset": {"train_data_sources": [], "val_data_sources": {"image_dir": "a", "json_file": "c"}}}
+    )
+    result = cli("validate", "-e", spec, "--action", "train")
+    assert result.code == 2
+    assert result.error_lines == [
+        f"error: {spec}: dataset.train_data_sources: required for train but not set"
+    ]

@@ -125,9 +125,7 @@ def test_bad_items_are_skipped_with_reasons(make_coco, tmp_path):
     lines = source.report.summary_lines(limit=2)
     assert lines[0].startswith("2 x box with zero or negative")
     assert len(lines) == 8 + 2 + 1 and "and 7 more" in lines[-1]
-    log = tmp_path / "dataset_issues.log"
-    source.report.write_log(log)
-    text = log.read_text()
+    text = "\n".join(source.report.log_lines())
     assert "img4.png" in text and "annotation 8 of image 99" in text
     assert len(text.splitlines()) == 8 + 9
     summary = source.summary_lines()[0]
@@ -135,7 +133,7 @@ def test_bad_items_are_skipped_with_reasons(make_coco, tmp_path):
 
 
 def test_a_run_logs_the_summary_and_writes_every_skipped_item(make_coco, tmp_path, caplog):
-    from rtdetr.engine.data import ISSUES_LOG, report_source
+    from rtdetr.engine.data import ISSUES_LOG, report_source, write_issues
 
     images = [{"id": 1}, {"id": 2}]
     anns = [
@@ -144,14 +142,21 @@ def test_a_run_logs_the_summary_and_writes_every_skipped_item(make_coco, tmp_pat
         {"image_id": 9, "category_id": 2, "bbox": [1, 1, 5, 5]},
     ]
     source = load_coco(*make_coco(images, anns), num_classes=4)
+    (tmp_path / ISSUES_LOG).write_text("an earlier run's log\n")
+    issues: list[str] = []
     with caplog.at_level("INFO", logger="rtdetr"):
-        report_source(source, "train", tmp_path)
+        report_source(source, "train", issues)
+    assert (tmp_path / ISSUES_LOG).read_text() == "an earlier run's log\n"  # until the data are read
+    write_issues(tmp_path, issues)
     logged = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
     assert "train data: " in logged[0] and "2 images (1 without boxes), 1 boxes: c1 1" in logged[0]
     assert any("1 x annotation of an unknown category id" in m for m in logged), logged
     assert any("annotation 3 of image 9" in m for m in logged), logged
     issues = (tmp_path / ISSUES_LOG).read_text()
-    assert "# train: " in issues and len(issues.splitlines()) == 3
+    assert "# train: " in issues and "# 1 x annotation of an unknown category" in issues
+    assert len(issues.splitlines()) == 1 + 2 + 2
+    write_issues(tmp_path, [])  # a run without issues leaves no log of an earlier one
+    assert not (tmp_path / ISSUES_LOG).exists()
 
 
 def test_no_usable_image_is_an_error(make_coco):
@@ -183,3 +188,72 @@ def test_concat_sources_keeps_image_ids_unique(make_coco):
     assert [r["image_id"] for r in both.records] == [1, 5, 7, 8]
     assert both.json_files == [str(a.json_files[0]), str(b.json_files[0])]
     assert [r["image_id"] for r in a.records] == [1, 5]  # inputs untouched
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ('{"images": [], "annotations": [], "categories": [], "n": ' + "9" * 5000 + "}", "Exceeds the limit"),
+        ("[" * 100_000 + "]" * 100_000, "recursion depth"),
+    ],
+)
+def test_json_the_parser_cannot_take_is_one_line_naming_the_file(tmp_path, text, match):
+    path = tmp_path / "odd.json"
+    path.write_text(text)
+    with pytest.raises(UserError, match=rf"odd.json: malformed JSON: .*{match}") as info:
+        load_coco(path, tmp_path, num_classes=4)
+    assert "\n" not in str(info.value)
+
+
+def test_empty_categories_and_one_id_with_two_names_are_errors(make_coco):
+    path, image_dir = make_coco([{"id": 1}], [])
+    path.write_text(json.dumps({**json.loads(path.read_text()), "categories": []}))
+    with pytest.raises(UserError, match="ann.json: 'categories' is empty"):
+        load_coco(path, image_dir, num_classes=4)
+    twice = [{"id": 1, "name": "red"}, {"id": 1, "name": "blue"}]
+    with pytest.raises(
+        UserError, match=r"categories\[1\] repeats id 1 with another name \('red', then 'blue'\)"
+    ):
+        load_coco(*make_coco([{"id": 1}], [], categories=twice), num_classes=4)
+    same = [{"id": 1, "name": "red"}, {"id": 1, "name": "red"}, {"id": 2.0, "name": "blue"}]
+    assert load_coco(*make_coco([{"id": 1}], [], categories=same), num_classes=4).categories == {
+        1: "red",
+        2: "blue",
+    }
+
+
+def test_odd_values_are_skipped_or_read_as_meant(make_coco, tmp_path):
+    images = [
+        {"id": 1},
+        {"id": 2.0, "width": "32", "height": 24},  # an integral float id; a width that is a string
+        {"id": 3, "file_name": "missing.png"},
+        {"id": 3},  # the same id again, after the first copy was dropped
+        {"id": 4, "file_name": "folder.png"},
+    ]
+    anns = [
+        {"image_id": [1], "category_id": 1, "bbox": [1, 1, 5, 5]},  # an unhashable image id
+        {"image_id": {"a": 1}, "category_id": 1, "bbox": [1, 1, 5, 5]},
+        {"image_id": 1, "category_id": 1, "bbox": [10**400, 1, 5, 5]},  # too large for a float
+        {"image_id": 1, "category_id": True, "bbox": [1, 1, 5, 5]},  # a bool is not an id
+        {"image_id": 1, "category_id": 1, "bbox": [1, 1, True, 5]},
+        {"image_id": 1.0, "category_id": 2.0, "bbox": [1, 1, 5, 5], "iscrowd": "0"},  # read as meant
+        {"image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": "1"},
+        {"image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": "yes"},
+        {"image_id": 3, "category_id": 1, "bbox": [1, 1, 5, 5]},  # of the dropped image 3: silent
+    ]
+    path, image_dir = make_coco(images, anns, write_images=False)
+    from PIL import Image
+
+    for name in ("img1.png", "img2.0.png", "img3.png"):
+        Image.new("RGB", (32, 24)).save(image_dir / name)
+    (image_dir / "folder.png").mkdir()
+    source = load_coco(path, image_dir, num_classes=4)
+    by_id = {r["image_id"]: r for r in source.records}
+    assert sorted(by_id) == [1, 2]
+    assert by_id[1]["labels"] == [2] and by_id[1]["crowd_boxes"] == []
+    assert by_id[2]["crowd_labels"] == [1] and (by_id[2]["width"], by_id[2]["height"]) == (32, 24)
+    assert dict(source.report.counts) == {
+        coco.UNKNOWN_IMAGE: 2, coco.INVALID_BOX: 2, coco.UNKNOWN_CATEGORY: 1, coco.CROWD_BOX: 1,
+        coco.INVALID_CROWD: 1, coco.MISSING_FILE: 1, coco.DUPLICATE_IMAGE: 1, coco.NOT_A_FILE: 1,
+        coco.SIZE_FROM_FILE: 1,
+    }  # fmt: skip

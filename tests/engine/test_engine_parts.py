@@ -302,7 +302,7 @@ def test_ctrl_c_is_deferred_to_the_next_step_and_a_second_one_stops_at_once():
     assert signal.getsignal(signal.SIGINT) is before
 
 
-def test_validation_leaves_unreadable_images_out_of_loss_and_scores(model, monkeypatch):
+def test_validation_leaves_unreadable_images_out_of_loss_and_scores(model, monkeypatch, caplog):
     from rtdetr.checkpoint import ModelMetadata
     from rtdetr.engine.module import DetectionModule
     from rtdetr.engine.trainer import build_criterion
@@ -343,6 +343,15 @@ def test_validation_leaves_unreadable_images_out_of_loss_and_scores(model, monke
     assert (
         module._val_images[2] is None and len(module._val_images[1]) == 5 and len(module._val_images[3]) == 5
     )
+
+    # an epoch without a single readable image: no mAP (not a 0.0 that looks like a score)
+    module.val_gt = {"images": [{"id": 2, "width": 64, "height": 64}], "annotations": [], "categories": []}
+    module._trainer = types.SimpleNamespace(sanity_checking=False, world_size=1)
+    module._val_images = {2: None}
+    logged.clear()
+    with caplog.at_level("WARNING", logger="rtdetr"):
+        module.on_validation_epoch_end()
+    assert logged == [] and "no validation image could be read" in caplog.text
 
 
 def test_progress_bar_shows_four_significant_digits(monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -93,8 +94,9 @@ def test_ema_twins_and_dry_run(small_squares, spec_file, tmp_path, cli):
     assert not torch.equal(raw[key], ema[key])
     assert load_model(results / "model_epoch_001-EMA.pth").metadata.num_classes == 3
 
-    # resuming from a checkpoint that cannot be: one line, exit 2, the run's logs untouched
+    # resuming from a checkpoint that cannot be: one line, exit 2, the run's logs and spec untouched
     metrics = (results / "logs" / "metrics.csv").read_text()
+    spec_saved = (results / "experiment.yaml").read_text()
     other = cli("train", "-e", spec, "train.num_epochs=3", "dataset.num_classes=5")
     assert other.code == 2 and len(other.error_lines) == 1, other.err
     assert "resuming from the results_dir's latest checkpoint: " in other.error_lines[0]
@@ -109,6 +111,18 @@ def test_ema_twins_and_dry_run(small_squares, spec_file, tmp_path, cli):
     )
     assert (results / "logs" / "metrics.csv").read_text() == metrics
     assert not list((results / "logs").glob("metrics.part*.csv"))
+    assert (results / "experiment.yaml").read_text() == spec_saved
+    # training data without a single box: one line, exit 2
+    train_json = json.loads((small_squares / "train.json").read_text())
+    empty = tmp_path / "no_boxes.json"
+    empty.write_text(json.dumps({**train_json, "annotations": []}))
+    source = f"dataset.train_data_sources=[{{image_dir: {small_squares / 'images'}, json_file: {empty}}}]"
+    none = cli("train", "-e", spec, "train.num_epochs=3", source)
+    assert (
+        none.code == 2
+        and len(none.error_lines) == 1
+        and "no_boxes.json: no box to train on in 16 images" in none.err
+    )
 
     dry = spec_file(
         small_squares, name="dry.yaml", results_dir=str(tmp_path / "dry"), train={"is_dry_run": True}

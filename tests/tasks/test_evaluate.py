@@ -71,3 +71,30 @@ def test_bad_input_is_one_clear_line(cli, task_spec, tmp_path, override, expecte
     assert "Traceback" not in result.err
     last = read_status(tmp_path / "results" / "evaluate")[-1]
     assert last["status"] == "FAILURE" and expected in last["message"]
+
+
+def test_unreadable_test_images_are_counted_apart_and_all_unreadable_is_an_error(
+    cli, task_spec, trained, tmp_path
+):
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(trained["data"] / "images", images)
+    names = [i["file_name"] for i in json.loads((trained["data"] / "test.json").read_text())["images"]]
+    for name in names[:2]:
+        (images / name).write_bytes(b"not an image")
+    source = {"image_dir": str(images), "json_file": str(trained["data"] / "test.json")}
+    result = cli(
+        "evaluate", "-e", task_spec(dataset={**trained["spec"]["dataset"], "test_data_sources": source})
+    )
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "results" / "evaluate" / "results.json").read_text())
+    assert (report["images"], report["unreadable_images"]) == (len(names) - 2, 2)
+
+    for name in names:
+        (images / name).write_bytes(b"not an image")
+    result = cli(
+        "evaluate", "-e", task_spec(dataset={**trained["spec"]["dataset"], "test_data_sources": source})
+    )
+    assert result.code == 2 and len(result.error_lines) == 1, result.err
+    assert f"none of the {len(names)} test images could be read" in result.err

@@ -107,7 +107,7 @@ def required_problems(cfg: ExperimentConfig, task: str) -> list[Problem]:
         for path in _missing_values(getattr(cfg, section), section):
             if path not in covered:
                 problems.append(Problem(path, f"required for {task} but not set"))
-    return problems
+    return list(dict.fromkeys(problems))  # an empty list stands for each of its items' fields: once
 
 
 # ------------------------------------------------------------------------- cross-field rules

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 # Reasons an item is skipped or changed; the keys of SkipReport.counts.
 MISSING_FILE = "image file not found (image dropped)"
+NOT_A_FILE = "image path is a folder, not a file (image dropped)"
 DUPLICATE_IMAGE = "duplicate image id (later image dropped)"
 UNKNOWN_IMAGE = "annotation of an unknown image id (dropped)"
 UNKNOWN_CATEGORY = "annotation of an unknown category id (dropped)"
@@ -39,6 +40,8 @@ OUTSIDE_BOX = "box entirely outside the image (dropped)"
 CLIPPED_BOX = "box partly outside the image (clipped)"
 CROWD_BOX = "crowd box (kept aside, not a training target)"
 UNREADABLE_SIZE = "image size unknown and header unreadable (image dropped)"
+SIZE_FROM_FILE = "width/height not positive integers (read from the image file)"
+INVALID_CROWD = "iscrowd is not 0 or 1 (annotation dropped)"
 
 
 @dataclass
@@ -71,11 +74,10 @@ class SkipReport:
             lines.append(f"  ... and {len(self.items) - limit} more (see dataset_issues.log)")
         return lines
 
-    def write_log(self, path: str | os.PathLike) -> None:
-        """Write every item, one per line: `detail: reason`, after a count per reason."""
+    def log_lines(self) -> list[str]:
+        """Every item, one per line (`detail: reason`), after a count per reason (`# n x reason`)."""
         lines = [f"# {count} x {reason}" for reason, count in self.counts.most_common()]
-        lines += [f"{detail}: {reason}" for reason, detail in self.items]
-        Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return lines + [f"{detail}: {reason}" for reason, detail in self.items]
 
 
 @dataclass
@@ -152,6 +154,8 @@ def _read_json(json_file: Path) -> dict:
         raise UserError(
             f"{json_file}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from exc
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of thousands of digits, deep nesting
+        raise UserError(f"{json_file}: malformed JSON: {str(exc).splitlines()[0]}") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{json_file}: cannot read annotation file: {exc}") from exc
     if not isinstance(data, dict):
@@ -171,6 +175,38 @@ def _require(json_file: Path, section: str, index: int, item: Any, keys: Sequenc
         if key not in item:
             ident = f" (id {item['id']})" if "id" in item else ""
             raise UserError(f"{json_file}: {section}[{index}]{ident} has no '{key}'")
+
+
+def _as_id(value: Any) -> int | None:
+    """An id as an int: integers, and floats with an integral value (1.0, as some writers emit);
+    None for anything else (bools, strings, lists, ...)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _is_finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)  # an int too large for a float raises OverflowError
+    except OverflowError:
+        return False
+
+
+def _crowd_flag(value: Any) -> bool | None:
+    """iscrowd as a bool: 0/1 (also as floats, bools or the strings "0"/"1"); None when invalid."""
+    if isinstance(value, str):
+        return {"0": False, "1": True}.get(value.strip())
+    if isinstance(value, bool):
+        return value
+    if _is_finite_number(value) and value in (0, 1):
+        return bool(value)
+    return None
 
 
 def _image_size(path: str) -> tuple[int, int] | None:
@@ -205,12 +241,20 @@ def load_coco(
     data = _read_json(json_file)
     report = SkipReport()
 
+    if not data["categories"]:
+        raise UserError(f"{json_file}: 'categories' is empty: no class to train or evaluate")
     categories: dict[int, str] = {}
     for i, cat in enumerate(data["categories"]):
         _require(json_file, "categories", i, cat, ("id",))
-        if not isinstance(cat["id"], int) or cat["id"] < 0:
+        category_id = _as_id(cat["id"])
+        if category_id is None or category_id < 0:
             raise UserError(f"{json_file}: categories[{i}] has id {cat['id']!r}, expected an integer >= 0")
-        categories[cat["id"]] = str(cat.get("name", f"class_{cat['id']}"))
+        name = str(cat.get("name", f"class_{category_id}"))
+        if categories.setdefault(category_id, name) != name:
+            raise UserError(
+                f"{json_file}: categories[{i}] repeats id {category_id} with another name "
+                f"({categories[category_id]!r}, then {name!r})"
+            )
     _check_num_classes(json_file, categories, num_classes, remap_mscoco_category)
     to_label = category_to_label(categories, remap_mscoco_category)
 
@@ -218,28 +262,34 @@ def load_coco(
     dropped: set[Any] = set()  # ids of images dropped above: their annotations go silently
     for i, img in enumerate(data["images"]):
         _require(json_file, "images", i, img, ("id", "file_name"))
-        image_id, file_name = img["id"], img["file_name"]
-        if not isinstance(image_id, int) or isinstance(image_id, bool):
-            raise UserError(f"{json_file}: images[{i}] has id {image_id!r}, expected an integer")
+        image_id, file_name = _as_id(img["id"]), img["file_name"]
+        if image_id is None:
+            raise UserError(f"{json_file}: images[{i}] has id {img['id']!r}, expected an integer")
         if not isinstance(file_name, str):
             raise UserError(
                 f"{json_file}: images[{i}] (id {image_id}) has file_name {file_name!r}, expected a string"
             )
-        if image_id in records:
+        if image_id in records or image_id in dropped:
             report.add(DUPLICATE_IMAGE, f"{json_file.name} image {image_id} ({file_name})")
             continue
         path = os.path.join(image_dir, file_name)
         if check_files and not os.path.isfile(path):
-            report.add(MISSING_FILE, f"{json_file.name} image {image_id} ({path})")
+            reason = NOT_A_FILE if os.path.isdir(path) else MISSING_FILE
+            report.add(reason, f"{json_file.name} image {image_id} ({path})")
             dropped.add(image_id)
             continue
-        height, width = img.get("height"), img.get("width")
-        if not (isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0):
+        height, width = _as_id(img.get("height")), _as_id(img.get("width"))
+        if not (height and width and height > 0 and width > 0):
             size = _image_size(path)
             if size is None:
                 report.add(UNREADABLE_SIZE, f"{json_file.name} image {image_id} ({path})")
                 dropped.add(image_id)
                 continue
+            if "height" in img or "width" in img:  # given but unusable (absent is common and fine)
+                given = f"width {img.get('width')!r}, height {img.get('height')!r}"
+                report.add(
+                    SIZE_FROM_FILE, f"{json_file.name} image {image_id} ({given}; file {size[1]}x{size[0]})"
+                )
             height, width = size
         records[image_id] = {
             "image_id": image_id, "file_name": path, "height": height, "width": width,
@@ -249,19 +299,25 @@ def load_coco(
     for i, ann in enumerate(data["annotations"]):
         _require(json_file, "annotations", i, ann, ("image_id", "category_id", "bbox"))
         where = f"{json_file.name} annotation {ann.get('id', f'[{i}]')} of image {ann['image_id']}"
-        record = records.get(ann["image_id"]) if isinstance(ann["image_id"], int) else None
+        image_id = _as_id(ann["image_id"])
+        record = records.get(image_id)
         if record is None:
-            if ann["image_id"] not in dropped:
+            if image_id not in dropped:
                 report.add(UNKNOWN_IMAGE, where)
             continue
-        label = to_label.get(ann["category_id"]) if isinstance(ann["category_id"], int) else None
+        category_id = _as_id(ann["category_id"])
+        label = None if category_id is None else to_label.get(category_id)
         if label is None:
-            report.add(UNKNOWN_CATEGORY, f"{where} (category_id {ann['category_id']})")
+            report.add(UNKNOWN_CATEGORY, f"{where} (category_id {ann['category_id']!r})")
+            continue
+        crowd = _crowd_flag(ann.get("iscrowd", 0))
+        if crowd is None:
+            report.add(INVALID_CROWD, f"{where} (iscrowd {ann['iscrowd']!r})")
             continue
         box = _clip_box(ann["bbox"], record["width"], record["height"], report, where)
         if box is None:
             continue
-        if ann.get("iscrowd", 0):
+        if crowd:
             report.add(CROWD_BOX, where)
             record["crowd_boxes"].append(box)
             record["crowd_labels"].append(label)
@@ -278,7 +334,7 @@ def load_coco(
     source = CocoSource(
         [str(json_file)], list(records.values()), categories, num_classes, remap_mscoco_category, report
     )
-    return source  # the summary: source.summary_lines() (rtdetr.engine.data.report_source logs it)
+    return source  # the summary: source.summary_lines() (rtdetr.engine.data.read_sources logs it)
 
 
 def _check_num_classes(json_file: Path, categories: dict[int, str], num_classes: int, remap: bool) -> None:
@@ -300,11 +356,7 @@ def _check_num_classes(json_file: Path, categories: dict[int, str], num_classes:
 
 def _clip_box(bbox: Any, width: int, height: int, report: SkipReport, where: str) -> list[float] | None:
     """COCO [x, y, w, h] -> [x1, y1, x2, y2] clipped to the image, or None (reason reported)."""
-    if (
-        not isinstance(bbox, (list, tuple))
-        or len(bbox) != 4
-        or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
-    ):
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_finite_number(v) for v in bbox):
         report.add(INVALID_BOX, f"{where} (bbox {bbox!r})")
         return None
     x, y, w, h = (float(v) for v in bbox)

@@ -20,6 +20,7 @@ from rtdetr.data.sampling import EpochBatchSampler, KeyedDataset
 from rtdetr.data.transforms import build_transforms
 from rtdetr.engine.metrics import coco_ground_truth
 from rtdetr.errors import UserError
+from rtdetr.fileio import atomic_write_text
 from rtdetr.log import is_rank_zero
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,10 @@ def make_loader(
     )
 
 
-def read_sources(cfg: ExperimentConfig, which: str) -> CocoSource:
-    """The COCO source(s) of ``which``: "train", "val" or "test"."""
+def read_sources(cfg: ExperimentConfig, which: str, issues: list[str] | None = None) -> CocoSource:
+    """The COCO source(s) of ``which`` ("train", "val" or "test") as one; each source's summary is
+    logged (images, boxes per class, skipped items by reason and the first few), and its skipped
+    items appended to ``issues`` (lines for the results directory's issue log, see write_issues)."""
     d = cfg.dataset
     raw = {"train": d.train_data_sources, "val": [d.val_data_sources], "test": [d.test_data_sources]}[which]
     sources = [
@@ -96,32 +99,47 @@ def read_sources(cfg: ExperimentConfig, which: str) -> CocoSource:
         )
         for s in raw
     ]
+    for source in sources:
+        report_source(source, which, issues)
     return concat_sources(sources)
 
 
-def report_source(source: CocoSource, name: str, results_dir: Path | None) -> None:
-    """Log the source's summary (images, boxes per class, skipped items by reason and the first
-    few) and write every skipped item to the results directory's issue log."""
+def report_source(source: CocoSource, name: str, issues: list[str] | None = None) -> None:
+    """Log the source's summary; append every skipped item (after a count per reason) to ``issues``."""
     if not is_rank_zero():
         return
     for line in source.summary_lines():
         log.info("%s data: %s", name, line)
-    if results_dir is not None and len(source.report):
-        lines = [f"# {name}: {', '.join(source.json_files)}"]
-        lines += [f"{detail}: {reason}" for reason, detail in source.report.items]
-        with (Path(results_dir) / ISSUES_LOG).open("a", encoding="utf-8") as fh:
-            fh.write("\n".join(lines) + "\n")
+    if issues is not None and len(source.report):
+        issues.append(f"# {name}: {', '.join(source.json_files)}")
+        issues += source.report.log_lines()
+
+
+def write_issues(results_dir: Path, issues: list[str]) -> None:
+    """The issue log of a run whose data were read: written whole (atomically), or removed when
+    there is nothing to report (a log of an earlier run stays until then)."""
+    if not is_rank_zero():
+        return
+    path = Path(results_dir) / ISSUES_LOG
+    if issues:
+        atomic_write_text(path, "\n".join(issues) + "\n")
+    else:
+        path.unlink(missing_ok=True)
 
 
 def build_training_data(cfg: ExperimentConfig, results_dir: Path, world_size: int = 1) -> TrainingData:
     """Read, check and report the train and val sources; build their loaders."""
     d, aug = cfg.dataset, cfg.dataset.augmentation
-    if is_rank_zero():
-        (Path(results_dir) / ISSUES_LOG).unlink(missing_ok=True)
-    train_source = read_sources(cfg, "train")
-    val_source = read_sources(cfg, "val")
-    report_source(train_source, "train", results_dir)
-    report_source(val_source, "val", results_dir)
+    issues: list[str] = []
+    train_source = read_sources(cfg, "train", issues)
+    val_source = read_sources(cfg, "val", issues)
+    write_issues(results_dir, issues)
+    if not any(r["labels"] for r in train_source.records):
+        reasons = ", ".join(f"{n} x {reason}" for reason, n in train_source.report.counts.most_common())
+        raise UserError(
+            f"{', '.join(train_source.json_files)}: no box to train on in {len(train_source.records)} "
+            f"images{': ' + reasons if reasons else ''}"
+        )
     train_set = CocoDetection(
         train_source.records,
         build_transforms(

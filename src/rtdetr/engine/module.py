@@ -175,6 +175,9 @@ class DetectionModule(L.LightningModule):
             for part in gathered:
                 for image_id, found in part.items():
                     images.setdefault(image_id, found)
+        if images and all(found is None for found in images.values()):
+            log.warning("no validation image could be read: val_mAP and val_mAP50 not computed this epoch")
+            return
         results = [r for found in images.values() if found is not None for r in found]
         # an unreadable image is left out (not scored as missed, nor another image twice)
         unreadable = [image_id for image_id, found in images.items() if found is None]

@@ -47,7 +47,7 @@ def keep_host_memory_for_cpu_model(detector) -> None:
 
 def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> dict:
     from rtdetr.detector import Detector
-    from rtdetr.engine.data import ISSUES_LOG, read_sources, report_source
+    from rtdetr.engine.data import read_sources, write_issues
     from rtdetr.engine.metrics import coco_ground_truth, evaluate_coco, without_images
     from rtdetr.evaluation import (
         confusion_matrix,
@@ -70,9 +70,9 @@ def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> dict:
             f"dataset.num_classes is {d.num_classes} but the model {model_file(cfg, 'evaluate')} has "
             f"{detector.num_classes} classes; set dataset.num_classes={detector.num_classes}"
         )
-    (results_dir / ISSUES_LOG).unlink(missing_ok=True)
-    source = read_sources(cfg, "test")
-    report_source(source, "test", results_dir)
+    issues: list[str] = []
+    source = read_sources(cfg, "test", issues)
+    write_issues(results_dir, issues)
     gt = coco_ground_truth(source.records, source.label_to_category, source.categories)
     class_ids = None if d.eval_class_ids is None else [int(c) for c in d.eval_class_ids]
     known = {c["id"] for c in gt["categories"]}
@@ -86,6 +86,10 @@ def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> dict:
     unreadable: list[int] = []
     results = detect_dataset(detector, source, ev.conf_threshold, batch_size=d.batch_size, workers=d.workers,
                              dataset_type=d.dataset_type, unreadable=unreadable)  # fmt: skip
+    if len(unreadable) == len(source.records):
+        raise UserError(
+            f"{', '.join(source.json_files)}: none of the {len(unreadable)} test images could be read; nothing to evaluate"
+        )
     if unreadable:
         log.warning("%d unreadable images left out of the metrics", len(unreadable))
         gt = without_images(gt, unreadable)
@@ -104,7 +108,8 @@ def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> dict:
     report = {
         "model": str(model_file(cfg, "evaluate")),
         "test_data": source.json_files,
-        "images": len(source.records),
+        "images": len(source.records) - len(unreadable),  # the images scored
+        "unreadable_images": len(unreadable),
         "detections": len(results),
         "input_size": list(detector.input_size),
         "conf_threshold": ev.conf_threshold,

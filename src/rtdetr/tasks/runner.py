@@ -37,8 +37,11 @@ def prepare_results_dir(path: Path) -> Path:
 def run_task(task: str, cfg: ExperimentConfig) -> Path:
     """Prepare the results directory, save the resolved spec, run the task with status lines."""
     results_dir = prepare_results_dir(task_results_dir(cfg, task))
+    spec_file = results_dir / "experiment.yaml"
+    previous = None  # the spec of an earlier run in this folder, put back if this one is refused
     if is_rank_zero():
-        atomic_write_text(results_dir / "experiment.yaml", dump_yaml(spec_to_dict(cfg)))
+        previous = spec_file.read_text(encoding="utf-8") if spec_file.is_file() else None
+        atomic_write_text(spec_file, dump_yaml(spec_to_dict(cfg)))
     status = StatusLogger(results_dir)
     status.write("STARTED", f"Starting {task}.")
     try:
@@ -46,6 +49,8 @@ def run_task(task: str, cfg: ExperimentConfig) -> Path:
         runner(cfg, results_dir, status)
     except UserError as exc:
         status.write("FAILURE", f"{exc.kind}: {exc}")
+        if previous is not None and exc.exit_code == 2:  # refused input: the earlier spec stays
+            atomic_write_text(spec_file, previous)
         raise
     except KeyboardInterrupt:
         status.write(
