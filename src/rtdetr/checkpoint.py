@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from rtdetr.errors import UserError
-from rtdetr.fileio import atomic_write
+from rtdetr.fileio import atomic_write, looks_like_onnx
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if looks_like_onnx(path):
+            raise UserError(
+                f"{path}: an ONNX model, not a checkpoint: run it as evaluate.trt_engine / "
+                "inference.trt_engine, or with Detector.from_file"
+            ) from exc
+        # torch's first sentence (its advice to load with weights_only=False is unsafe for a user)
+        first = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: not a readable checkpoint (corrupt, truncated or unsafe): {first}") from exc
     if not isinstance(data, dict) or "rtdetr" not in data or "state_dict" not in data:
         raise UserError(

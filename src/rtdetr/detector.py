@@ -182,11 +182,16 @@ def _as_image(item: ImageInput) -> tuple[PIL.Image.Image, str | None]:
         except UNREADABLE_IMAGE_ERRORS as exc:
             raise UserError(f"{path}: cannot read image: {exc}") from exc
     if isinstance(item, PIL.Image.Image):
+        if item.width == 0 or item.height == 0:
+            raise UserError(f"an empty image ({item.width}x{item.height} pixels)")
         return to_rgb(item), None
     if isinstance(item, np.ndarray):
-        if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
+        if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] in (3, 4))):
             raise UserError(
-                f"an image array must be uint8 [H, W, 3] RGB, got {item.dtype} {list(item.shape)}"
+                f"an image array must be uint8 [H, W, 3] RGB, [H, W] gray or [H, W, 4] RGBA, "
+                f"got {item.dtype} {list(item.shape)}"
             )
-        return PIL.Image.fromarray(item), None
+        if item.shape[0] == 0 or item.shape[1] == 0:
+            raise UserError(f"an empty image array {list(item.shape)}")
+        return to_rgb(PIL.Image.fromarray(item)), None
     raise UserError(f"cannot detect objects in a {type(item).__name__}: give a file path, PIL image or array")

@@ -90,6 +90,8 @@ def inspect_onnx(path: str | os.PathLike, where: str = "") -> OnnxModelInfo:
     where = f"{where}: {path}" if where else str(path)
     if not path.is_file():
         raise UserError(f"{where}: {'not a file' if path.exists() else 'ONNX file not found'}")
+    if path.stat().st_size == 0:
+        raise UserError(f"{where}: not a readable ONNX file: the file is empty")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends

@@ -60,4 +60,17 @@ def check_output_file(path: str | os.PathLike, field: str, overwrite: bool, over
         raise UserError(f"{field}: {path}: {blocking} is a file, not a folder")
     if path.exists() and not overwrite:
         raise UserError(f"{field}: {path} exists; remove it or set {overwrite_field}=true")
+    folder = next(p for p in path.absolute().parents if p.exists())  # the one the file goes in, or
+    if not os.access(folder, os.W_OK | os.X_OK):  # where its missing folders are created
+        raise UserError(f"{field}: {path}: cannot write in {folder} (permission denied or read-only)")
     return path
+
+
+def looks_like_onnx(path: str | os.PathLike) -> bool:
+    """Whether ``path`` parses as an ONNX model with a graph (whatever its suffix)."""
+    try:
+        import onnx
+
+        return len(onnx.load(str(path), load_external_data=False).graph.node) > 0
+    except Exception:  # protobuf's DecodeError and friends: not ONNX
+        return False

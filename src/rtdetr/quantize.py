@@ -78,6 +78,16 @@ def _activation_matmuls(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in constants]
 
 
+def _check_op_types(op_types: Sequence[str], field: str) -> None:
+    """UserError for an empty list or names that are not ONNX operators (they are case-sensitive)."""
+    unknown = [op for op in op_types if not (isinstance(op, str) and onnx.defs.has(op))]
+    if not op_types or unknown:
+        raise UserError(
+            f"{field}: {f'not ONNX operators: {unknown}' if op_types else 'empty'}; give ONNX operator "
+            "names as written in the graph, e.g. [Conv, MatMul, Gemm, Relu, MaxPool, Add, Concat, Resize]"
+        )
+
+
 def quantize_onnx(
     onnx_file: str | os.PathLike,
     output_file: str | os.PathLike,
@@ -106,6 +116,7 @@ def quantize_onnx(
     if output.resolve() == source.resolve():
         raise UserError(f"{section}.output_file: the same file as {section}.onnx_file; choose another name")
     check_output_file(output, f"{section}.output_file", overwrite, f"{section}.overwrite")
+    _check_op_types(op_types, f"{section}.op_types")
     if calibration_method not in CALIBRATION_METHODS:
         raise UserError(
             f"{section}.calibration_method: {calibration_method!r} is not one of {CALIBRATION_METHODS}"
@@ -125,19 +136,26 @@ def quantize_onnx(
     paths = calibration_images(cal_image_dir, batch, field=field, requirement="the ONNX file's batch size")
     count = max(batch, min(cal_images, len(paths)) // batch * batch)
     excluded = _matching_nodes(model, exclude_nodes)
+    if not any(node.op_type in op_types and node.name not in excluded for node in model.graph.node):
+        raise UserError(
+            f"{section}.op_types: nothing to quantize: no node of {list(op_types)} outside "
+            f"{section}.exclude_nodes in {source}"
+        )
     if exclude_nodes and not excluded:
         log.warning("%s.exclude_nodes: no node matches %s", section, list(exclude_nodes))
-    log.info(
-        "calibrating on %d images (%s), %d nodes kept in float", count, calibration_method, len(excluded)
-    )
     with tempfile.TemporaryDirectory(prefix="rtdetr_quantize_") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         float_matmuls = _activation_matmuls(onnx.load(str(prepared), load_external_data=False))
         quantized = Path(tmp) / "quantized.onnx"
-        # all the files are offered: an unreadable one is replaced by the next
+        # all the files are offered: an unreadable one is replaced by the next; too few readable
+        # ones calibrate on what there is (at least one batch), as too few files do
         batches = list(calibration_batches(paths, info.input_size, preserve_aspect_ratio, batch, count // batch,
-                                           field=field, requirement=f"{section}.cal_images in whole batches"))  # fmt: skip
+                                           field=field, requirement="the ONNX file's batch size", minimum=1))  # fmt: skip
+        count = len(batches) * batch
+        log.info(
+            "calibrating on %d images (%s), %d nodes kept in float", count, calibration_method, len(excluded)
+        )
         chatter = io.StringIO()  # ONNX Runtime prints its calibration progress
 
         def run(method: str) -> None:
@@ -170,6 +188,11 @@ def quantize_onnx(
             run(calibration_method)
         log.debug("%s", chatter.getvalue())
         result = onnx.load(str(quantized))
+    if not any(node.op_type == "QuantizeLinear" for node in result.graph.node):
+        raise UserError(
+            f"{section}.op_types: nothing was quantized: no node of {list(op_types)} outside "
+            f"{section}.exclude_nodes in {source}"
+        )
     summary = {
         "calibration_method": calibration_method, "calibration_images": count, "per_channel": per_channel,
         "reduce_range": reduce_range,

@@ -32,7 +32,7 @@ import torch
 from rtdetr.checkpoint import ModelMetadata
 from rtdetr.deploy import ENGINE_SUFFIXES, calibration
 from rtdetr.errors import UserError
-from rtdetr.fileio import atomic_write, atomic_write_text
+from rtdetr.fileio import atomic_write, atomic_write_text, check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +200,14 @@ def check_build_settings(section) -> BuildSettings:
     meta, export_info, onnx_batch, size = read_onnx_input(onnx_path)
     given = (section.input_height, section.input_width)
     if given != (None, None) and given != size:
+        set_fields = ", ".join(
+            f"{SECTION}.{name} {value}"
+            for name, value in zip(("input_height", "input_width"), given)
+            if value
+        )
         log.warning(
-            "%s.input_height/input_width are %sx%s but %s takes %dx%d inputs: the engine is built for the "
-            "ONNX file's size", SECTION, section.input_height, section.input_width, onnx_path.name, *size,
+            "%s but %s takes %dx%d inputs (height x width): the engine is built for the ONNX file's size",
+            set_fields, onnx_path.name, *size,
         )  # fmt: skip
     spec = section.tensorrt
     batches = profile_batches(
@@ -211,6 +216,8 @@ def check_build_settings(section) -> BuildSettings:
     if onnx_batch is not None:
         log.info("%s has a fixed batch of %d: tensorrt.*_batch_size do not apply", onnx_path.name, onnx_batch)
     engine_path = check_engine_path(section.trt_engine)
+    if engine_path.resolve() == onnx_path.resolve():
+        raise UserError(f"{SECTION}.trt_engine: the same file as {SECTION}.onnx_file; choose another name")
     if section.timing_cache and Path(section.timing_cache).is_dir():
         raise UserError(f"{SECTION}.timing_cache: {section.timing_cache} is a folder; give a file path")
     settings = BuildSettings(
@@ -228,6 +235,8 @@ def check_engine_path(value: str) -> Path:
     path = Path(value).expanduser()
     if path.is_dir():
         raise UserError(f"{SECTION}.trt_engine: {path} is a folder; give the engine's file path")
+    # a path below a file or in a folder that cannot be written; an existing engine is rebuilt (TAO)
+    check_output_file(path, f"{SECTION}.trt_engine", overwrite=True, overwrite_field="")
     if path.suffix.lower() not in ENGINE_SUFFIXES:
         log.warning(
             "%s.trt_engine %s: evaluate and inference recognise engines by the suffix %s",

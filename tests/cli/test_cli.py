@@ -186,3 +186,19 @@ def test_quiet_and_verbose(cli, write_spec):
     assert "is valid" in cli("validate", "-e", spec).err
     assert "is valid" not in cli("--quiet", "validate", "-e", spec).err
     assert "is valid" not in cli("validate", "-e", spec, "-q").err
+
+
+def test_sigterm_stops_a_task_through_an_exception_outside_train():
+    import os
+    import signal
+
+    from rtdetr.tasks.runner import Terminated, sigterm_raises
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated, match="SIGTERM received: export stopped") as err, sigterm_raises("export"):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs between bytecodes
+            pass
+    assert err.value.exit_code == 143 and signal.getsignal(signal.SIGTERM) is before
+    with sigterm_raises("train"):  # Lightning's own handling stays in charge
+        assert signal.getsignal(signal.SIGTERM) is before

@@ -68,6 +68,11 @@ def test_an_unreadable_image_is_skipped_and_replaced_by_the_next(calibration_dir
     assert "img_1.png" in caplog.text
     with pytest.raises(UserError, match=r"only 5 readable images \(1 unreadable\).* = 6"):
         list(tb.calibration_batches(paths, (64, 64), False, batch_size=3, batches=2))
+    # with a minimum (quantize): fewer batches once the minimum is reached, an error before
+    assert len(list(tb.calibration_batches(paths, (64, 64), False, batch_size=2, batches=3, minimum=1))) == 2
+    assert "5 readable images (1 unreadable): calibrating on 4, not 6" in caplog.text
+    with pytest.raises(UserError, match=r"only 5 readable images \(1 unreadable\).* = 6"):
+        list(tb.calibration_batches(paths, (64, 64), False, batch_size=6, batches=2, minimum=1))
 
 
 def test_calibration_images_needs_enough_images_and_no_videos(calibration_dir):
@@ -110,12 +115,15 @@ def test_check_build_settings_resolves_the_onnx_file(tiny_onnx, tiny_onnx_batch2
         ({"tensorrt__data_type": "INT8"}, "cal_image_dir: INT8 needs calibration images, or an existing calibration.cal_cache_file"),
         ({"batch_size": -3}, "gen_trt_engine.batch_size: -3"),
         ({"trt_engine": "."}, "gen_trt_engine.trt_engine: . is a folder"),
+        ({"trt_engine": "{onnx}"}, "gen_trt_engine.trt_engine: the same file as gen_trt_engine.onnx_file"),
+        ({"trt_engine": "{onnx}/model.engine"}, "model.engine: {onnx} is a file, not a folder"),
     ],
 )  # fmt: skip
 def test_spec_mistakes_are_one_clear_error(tiny_onnx, tmp_path, changes, message):
+    changes = {k: v.format(onnx=tiny_onnx) if isinstance(v, str) else v for k, v in changes.items()}
     with pytest.raises(UserError) as err:
         tb.check_build_settings(_section(tiny_onnx, tmp_path, **changes))
-    assert message in str(err.value) and "\n" not in str(err.value)
+    assert message.format(onnx=tiny_onnx) in str(err.value) and "\n" not in str(err.value)
 
 
 def test_onnx_file_problems(tiny_onnx, tiny_onnx_batch2, tmp_path, calibration_dir):

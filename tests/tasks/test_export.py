@@ -4,7 +4,10 @@ exported model run by evaluate, inference and the Detector with the checkpoint's
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import stat
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -144,6 +147,19 @@ def test_output_paths_opsets_and_sizes_that_cannot_work_are_one_line(cli, traine
     assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["folder.onnx"]  # nothing written
     assert not (tmp_path / "new").exists()  # nor a folder left behind by the failed export
 
+    # a folder that cannot be written (read-only file systems too; root passes every mode check,
+    # so the check is simulated): one line before the export runs
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    real_access = os.access
+    fake = lambda path, mode: False if Path(path) == read_only else real_access(path, mode)  # noqa: E731
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "access", fake)
+        for target in (read_only / "m.onnx", read_only / "sub" / "m.onnx"):
+            result = cli("export", "-e", spec, *common, f"export.onnx_file={target}")
+            assert result.code == 2 and len(result.error_lines) == 1, result.err
+            assert f"export.onnx_file: {target}: cannot write in {read_only}" in result.err
+
     # written files get the usual permissions (0644 under umask 022), not a temporary file's 0600
     plain = tmp_path / "plain" / "model"
     result = cli("export", "-e", spec, *common, f"export.onnx_file={plain}")
@@ -181,6 +197,22 @@ def test_evaluate_and_inference_run_the_onnx_file_with_the_checkpoints_results(
                                        atol=1.5e-3)  # fmt: skip
     detector = Detector.from_file(exported, device="cpu")
     assert detector.input_size == (128, 128) and detector.class_names == ["class_0", "red", "green"]
+
+
+def test_model_files_under_other_names_and_empty_ones(exported, tmp_path):
+    from rtdetr.errors import UserError
+
+    renamed = tmp_path / "model_without_suffix"
+    shutil.copy(exported, renamed)
+    assert isinstance(Detector.from_file(renamed, device="cpu").backend, OnnxBackend)  # recognised by content
+    with pytest.raises(
+        UserError, match=r"an ONNX model, not a checkpoint: run it as evaluate.trt_engine"
+    ) as err:
+        Detector.from_checkpoint(exported, device="cpu")
+    assert "weights_only" not in str(err.value)
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(UserError, match=r"empty.onnx: not a readable ONNX file: the file is empty"):
+        Detector.from_file(tmp_path / "empty.onnx", device="cpu")
 
 
 def test_class_zero_is_real_only_when_a_category_maps_to_it():

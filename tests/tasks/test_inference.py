@@ -15,6 +15,7 @@ from PIL import Image
 from coco_reference import pycocotools_stats  # tests/, on the path via tests/conftest.py
 from rtdetr import Detector
 from rtdetr.data.video import VideoReader, VideoWriter
+from rtdetr.errors import UserError
 from rtdetr.status import read_status
 
 KITTI = re.compile(
@@ -88,6 +89,23 @@ def test_the_detector_api_gives_the_cli_detections(cli, task_spec, trained, tmp_
         np.testing.assert_allclose(a.scores, c.scores, atol=1e-6)
     single = detector.predict(Image.open(images[0]), conf=CONF)
     assert len(single) == 1 and len(single[0]) == len(results[0])
+    # gray and RGBA arrays as their PIL images; empty images are one clear error
+    rgb = np.asarray(Image.open(images[0]).convert("RGB"))
+    gray, rgba = (
+        np.asarray(Image.fromarray(rgb).convert("L")),
+        np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]),
+    )
+    from_arrays = detector.predict([gray, rgba], conf=CONF)
+    from_pil = detector.predict([Image.fromarray(gray), Image.fromarray(rgba)], conf=CONF)
+    for a, b in zip(from_arrays, from_pil):
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-4)
+    np.testing.assert_allclose(from_arrays[1].boxes, results[0].boxes, atol=1e-4)
+    for empty, message in (
+        (np.zeros((0, 0, 3), np.uint8), "an empty image array"),
+        (Image.new("RGB", (0, 0)), "an empty image"),
+    ):
+        with pytest.raises(UserError, match=message):
+            detector.predict(empty)
 
 
 def test_evaluate_equals_pycocotools_on_the_detections_inference_writes(cli, task_spec, trained, tmp_path):

@@ -159,6 +159,9 @@ def test_a_saturated_model_calibrates_with_minmax(cli, trained, tmp_path):
         ("quantize.onnx_file={tmp}/none.onnx", "quantize.onnx_file: {tmp}/none.onnx: ONNX file not found"),
         ("quantize.onnx_file={tmp}/spec.yaml", "not a readable ONNX file"),
         ("quantize.onnx_file={quantized}", "is already quantized"),
+        ("quantize.op_types=[conv,Foo,Gemm]", "quantize.op_types: not ONNX operators: ['conv', 'Foo']"),
+        ("quantize.op_types=[]", "quantize.op_types: empty"),
+        ("quantize.op_types=[Softplus]", "quantize.op_types: nothing to quantize: no node of ['Softplus']"),
     ],
 )
 def test_bad_input_is_one_clear_line(cli, exported, quantized, trained, tmp_path, override, expected):
@@ -175,3 +178,4 @@ def test_bad_input_is_one_clear_line(cli, exported, quantized, trained, tmp_path
     result = cli("quantize", "-e", spec, *(f"{k}={v}" for k, v in args.items()))
     assert result.code == 2
     assert len(result.error_lines) == 1 and expected.format(**names) in result.error_lines[0], result.err
+    assert not (tmp_path / "out.onnx").exists()

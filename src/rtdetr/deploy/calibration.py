@@ -53,10 +53,12 @@ def calibration_batches(
     *,
     field: str = "cal_image_dir",
     requirement: str = REQUIREMENT,
+    minimum: int | None = None,
 ) -> Iterator[np.ndarray]:
     """``batches`` contiguous float32 arrays [batch_size, 3, H, W] (RGB in [0, 1]), each image prepared
     as the Detector prepares it. Unreadable images are skipped with a warning and the next file
-    takes their place; UserError when the files run out first."""
+    takes their place; UserError when the files run out first, or, with ``minimum``, only when they
+    run out before ``minimum`` batches (after that, fewer batches with a warning)."""
     preset = EvalPreset(input_size, preserve_aspect_ratio)
     files = iter(paths)
     skipped = 0
@@ -65,9 +67,17 @@ def calibration_batches(
         while len(batch) < batch_size:
             path = next(files, None)
             if path is None:
+                readable = done * batch_size + len(batch)
+                if minimum is not None and done >= minimum:
+                    log.warning(
+                        "%s: %d readable images (%d unreadable): calibrating on %d, not %d",
+                        field, readable, skipped, done * batch_size, batches * batch_size,
+                    )  # fmt: skip
+                    return
+                need = batches if minimum is None else minimum
                 raise UserError(
-                    f"{field}: only {done * batch_size + len(batch)} readable images ({skipped} "
-                    f"unreadable), INT8 calibration needs {requirement} = {batches * batch_size}"
+                    f"{field}: only {readable} readable images ({skipped} "
+                    f"unreadable), INT8 calibration needs {requirement} = {need * batch_size}"
                 )
             try:
                 image = load_image(path)

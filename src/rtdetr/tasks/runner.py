@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from rtdetr.config import ExperimentConfig, dump_yaml, spec_to_dict
@@ -14,6 +18,32 @@ from rtdetr.status import StatusLogger
 from rtdetr.tasks import get_runner
 
 log = logging.getLogger(__name__)
+
+
+class Terminated(UserError):
+    """SIGTERM (e.g. `kill`, a scheduler's pre-emption) stopped a task other than train (which stops
+    at a step boundary through Lightning)."""
+
+    kind = "Interrupted"
+    exit_code = 143  # 128 + SIGTERM, as a process killed by it
+
+
+@contextlib.contextmanager
+def sigterm_raises(task: str) -> Iterator[None]:
+    """Within the block, SIGTERM raises Terminated, so that files being written are cleaned up and
+    status.json gets its FAILURE line (the default action kills the process on the spot)."""
+    if task == "train" or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame):
+        raise Terminated(f"SIGTERM received: {task} stopped; files written so far are intact")
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def task_results_dir(cfg: ExperimentConfig, task: str) -> Path:
@@ -46,7 +76,8 @@ def run_task(task: str, cfg: ExperimentConfig) -> Path:
     status.write("STARTED", f"Starting {task}.")
     try:
         runner = get_runner(task)
-        runner(cfg, results_dir, status)
+        with sigterm_raises(task):
+            runner(cfg, results_dir, status)
     except UserError as exc:
         status.write("FAILURE", f"{exc.kind}: {exc}")
         if previous is not None and exc.exit_code == 2:  # refused input: the earlier spec stays
