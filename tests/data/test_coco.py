@@ -239,6 +239,7 @@ def test_odd_values_are_skipped_or_read_as_meant(make_coco, tmp_path):
         {"image_id": 1.0, "category_id": 2.0, "bbox": [1, 1, 5, 5], "iscrowd": "0"},  # read as meant
         {"image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": "1"},
         {"image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": "yes"},
+        {"image_id": 2, "category_id": 2, "bbox": [1, 1, 5, 5], "iscrowd": None},  # as absent
         {"image_id": 3, "category_id": 1, "bbox": [1, 1, 5, 5]},  # of the dropped image 3: silent
     ]
     path, image_dir = make_coco(images, anns, write_images=False)
@@ -252,6 +253,7 @@ def test_odd_values_are_skipped_or_read_as_meant(make_coco, tmp_path):
     assert sorted(by_id) == [1, 2]
     assert by_id[1]["labels"] == [2] and by_id[1]["crowd_boxes"] == []
     assert by_id[2]["crowd_labels"] == [1] and (by_id[2]["width"], by_id[2]["height"]) == (32, 24)
+    assert by_id[2]["labels"] == [2]
     assert dict(source.report.counts) == {
         coco.UNKNOWN_IMAGE: 2, coco.INVALID_BOX: 2, coco.UNKNOWN_CATEGORY: 1, coco.CROWD_BOX: 1,
         coco.INVALID_CROWD: 1, coco.MISSING_FILE: 1, coco.DUPLICATE_IMAGE: 1, coco.NOT_A_FILE: 1,

@@ -199,7 +199,10 @@ def _is_finite_number(value: Any) -> bool:
 
 
 def _crowd_flag(value: Any) -> bool | None:
-    """iscrowd as a bool: 0/1 (also as floats, bools or the strings "0"/"1"); None when invalid."""
+    """iscrowd as a bool: 0/1 (also as floats, bools or the strings "0"/"1"; null as absent, 0);
+    None when invalid."""
+    if value is None:
+        return False
     if isinstance(value, str):
         return {"0": False, "1": True}.get(value.strip())
     if isinstance(value, bool):
