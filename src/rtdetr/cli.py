@@ -302,8 +302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quickstart": cmd_quickstart,
     }
     handler = handlers.get(args.command, cmd_task)
+    from rtdetr.tasks.runner import Terminated
+
     try:
         return handler(args)
+    except Terminated as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except UserError as exc:
         if args.debug:
             raise

@@ -259,3 +259,14 @@ def test_odd_values_are_skipped_or_read_as_meant(make_coco, tmp_path):
         coco.INVALID_CROWD: 1, coco.MISSING_FILE: 1, coco.DUPLICATE_IMAGE: 1, coco.NOT_A_FILE: 1,
         coco.SIZE_FROM_FILE: 1,
     }  # fmt: skip
+
+
+def test_ids_beyond_int64_and_files_that_are_not_utf8(make_coco, tmp_path):
+    with pytest.raises(UserError, match=r"images\[0\] has id 1e\+20, expected an integer"):
+        load_coco(*make_coco([{"id": 1e20}], []), num_classes=4)
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(
+        '{"images": [], "annotations": [], "categories": [{"id": 1, "name": "caf\u00e9"}]}'.encode("latin-1")
+    )
+    with pytest.raises(UserError, match=r"latin.json: cannot read annotation file: 'utf-8' codec"):
+        load_coco(latin, tmp_path, num_classes=4)

@@ -302,7 +302,7 @@ def test_ctrl_c_is_deferred_to_the_next_step_and_a_second_one_stops_at_once():
     assert signal.getsignal(signal.SIGINT) is before
 
 
-def test_validation_leaves_unreadable_images_out_of_loss_and_scores(model, monkeypatch, caplog):
+def test_validation_leaves_unreadable_images_out_of_loss_and_scores(model, monkeypatch, caplog, tmp_path):
     from rtdetr.checkpoint import ModelMetadata
     from rtdetr.engine.module import DetectionModule
     from rtdetr.engine.trainer import build_criterion
@@ -328,6 +328,13 @@ def test_validation_leaves_unreadable_images_out_of_loss_and_scores(model, monke
             t.update(labels=torch.zeros(0, dtype=torch.long), boxes=torch.zeros(0, 4), unreadable=True)
         return t
 
+    counted = []  # the loss's collective (the box count across ranks) runs in every step
+    count_boxes = type(module.criterion).num_boxes
+    monkeypatch.setattr(
+        type(module.criterion),
+        "num_boxes",
+        staticmethod(lambda t, d: counted.append(len(t)) or count_boxes(t, d)),
+    )
     torch.manual_seed(1)
     images = torch.rand(3, 3, 64, 64)
     module.on_validation_epoch_start()
@@ -339,7 +346,7 @@ def test_validation_leaves_unreadable_images_out_of_loss_and_scores(model, monke
 
     # the loss of the two readable images alone; an all-unreadable batch logs with weight 0
     assert logged[0] == (pytest.approx(float(total_loss(readable)), rel=1e-5), 2)
-    assert logged[1] == (0.0, 0)
+    assert logged[1] == (0.0, 0) and counted == [2, 0, 2]  # the steps' counts, then the reference loss's
     assert (
         module._val_images[2] is None and len(module._val_images[1]) == 5 and len(module._val_images[3]) == 5
     )
@@ -352,6 +359,29 @@ def test_validation_leaves_unreadable_images_out_of_loss_and_scores(model, monke
     with caplog.at_level("WARNING", logger="rtdetr"):
         module.on_validation_epoch_end()
     assert logged == [] and "no validation image could be read" in caplog.text
+
+    # and status.json's kpi of that epoch has no mAP (Lightning's callback_metrics keep the last one)
+    from rtdetr.engine.callbacks import StatusCallback
+    from rtdetr.status import StatusLogger, read_status
+
+    status_dir = tmp_path / "status"
+    callback = StatusCallback(StatusLogger(status_dir, enabled=True))
+    metrics = {"train_loss_epoch": 1.0, "val_mAP": 0.5, "val_mAP50": 0.7, "val_loss": 2.0}
+    for epoch, map_epoch in ((0, 0), (1, 0)):  # epoch 1: no readable validation image
+        trainer = types.SimpleNamespace(
+            callback_metrics=metrics,
+            is_global_zero=True,
+            current_epoch=epoch,
+            max_epochs=2,
+            sanity_checking=False,
+        )
+        module.map_epoch = map_epoch
+        callback.on_train_epoch_start(trainer, module)
+        callback.on_validation_end(trainer, module)
+        callback.on_train_epoch_end(trainer, module)
+    kpis = [line["kpi"] for line in read_status(status_dir)]
+    assert kpis[0] == {"train_loss": 1.0, "val_mAP": 0.5, "val_mAP50": 0.7, "val_loss": 2.0}
+    assert kpis[1] == {"train_loss": 1.0, "val_loss": 2.0}
 
 
 def test_progress_bar_shows_four_significant_digits(monkeypatch):

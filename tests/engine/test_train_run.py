@@ -97,6 +97,7 @@ def test_ema_twins_and_dry_run(small_squares, spec_file, tmp_path, cli):
     # resuming from a checkpoint that cannot be: one line, exit 2, the run's logs and spec untouched
     metrics = (results / "logs" / "metrics.csv").read_text()
     spec_saved = (results / "experiment.yaml").read_text()
+    (results / "dataset_issues.log").write_text("an earlier run's issues\n")
     other = cli("train", "-e", spec, "train.num_epochs=3", "dataset.num_classes=5")
     assert other.code == 2 and len(other.error_lines) == 1, other.err
     assert "resuming from the results_dir's latest checkpoint: " in other.error_lines[0]
@@ -123,6 +124,8 @@ def test_ema_twins_and_dry_run(small_squares, spec_file, tmp_path, cli):
         and len(none.error_lines) == 1
         and "no_boxes.json: no box to train on in 16 images" in none.err
     )
+    assert (results / "experiment.yaml").read_text() == spec_saved  # refused runs leave both as they were
+    assert (results / "dataset_issues.log").read_text() == "an earlier run's issues\n"
 
     dry = spec_file(
         small_squares, name="dry.yaml", results_dir=str(tmp_path / "dry"), train={"is_dry_run": True}

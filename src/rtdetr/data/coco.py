@@ -28,6 +28,8 @@ from rtdetr.errors import UserError
 
 logger = logging.getLogger(__name__)
 
+ISSUES_LOG = "dataset_issues.log"  # every skipped item of a run's data, in its results directory
+
 # Reasons an item is skipped or changed; the keys of SkipReport.counts.
 MISSING_FILE = "image file not found (image dropped)"
 NOT_A_FILE = "image path is a folder, not a file (image dropped)"
@@ -71,7 +73,7 @@ class SkipReport:
         lines = [f"{count} x {reason}" for reason, count in self.counts.most_common()]
         lines += [f"  {detail}: {reason}" for reason, detail in self.items[:limit]]
         if len(self.items) > limit:
-            lines.append(f"  ... and {len(self.items) - limit} more (see dataset_issues.log)")
+            lines.append(f"  ... and {len(self.items) - limit} more (see {ISSUES_LOG})")
         return lines
 
     def log_lines(self) -> list[str]:
@@ -154,10 +156,10 @@ def _read_json(json_file: Path) -> dict:
         raise UserError(
             f"{json_file}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from exc
-    except (ValueError, RecursionError) as exc:  # e.g. an integer of thousands of digits, deep nesting
-        raise UserError(f"{json_file}: malformed JSON: {str(exc).splitlines()[0]}") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{json_file}: cannot read annotation file: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of thousands of digits, deep nesting
+        raise UserError(f"{json_file}: malformed JSON: {str(exc).splitlines()[0]}") from exc
     if not isinstance(data, dict):
         raise UserError(f"{json_file}: not a COCO annotation file (top level is not an object)")
     for key in ("images", "annotations", "categories"):
@@ -178,14 +180,14 @@ def _require(json_file: Path, section: str, index: int, item: Any, keys: Sequenc
 
 
 def _as_id(value: Any) -> int | None:
-    """An id as an int: integers, and floats with an integral value (1.0, as some writers emit);
-    None for anything else (bools, strings, lists, ...)."""
+    """An id as an int: integers, and floats with an integral value (1.0, as some writers emit),
+    within int64; None for anything else (bools, strings, lists, ...)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
     if isinstance(value, float) and value.is_integer():
-        return int(value)
+        value = int(value)
+    if isinstance(value, int) and -(2**63) <= value < 2**63:  # stored as int64 tensors
+        return value
     return None
 
 

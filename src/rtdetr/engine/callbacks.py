@@ -169,6 +169,8 @@ class StatusCallback(L.Callback):
         kpi = {"train_loss": _float(metrics.get("train_loss_epoch"))}
         for key in ("val_mAP", "val_mAP50", "val_loss"):
             if key in metrics and self._validated_epoch == epoch:  # callback_metrics keep stale values
+                if key != "val_loss" and getattr(pl_module, "map_epoch", epoch) != epoch:
+                    continue  # no image of this validation could be read: no mAP
                 kpi[key] = _float(metrics[key])
         mean = sum(self._epoch_times) / len(self._epoch_times)
         self.status.write(

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from rtdetr.config import ExperimentConfig
-from rtdetr.data.coco import CocoSource, concat_sources, load_coco
+from rtdetr.data.coco import ISSUES_LOG, CocoSource, concat_sources, load_coco
 from rtdetr.data.dataset import CocoDetection
 from rtdetr.data.loader import init_worker
 from rtdetr.data.sampling import EpochBatchSampler, KeyedDataset
@@ -24,8 +24,6 @@ from rtdetr.fileio import atomic_write_text
 from rtdetr.log import is_rank_zero
 
 log = logging.getLogger(__name__)
-
-ISSUES_LOG = "dataset_issues.log"
 
 
 @dataclass

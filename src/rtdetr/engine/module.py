@@ -77,6 +77,7 @@ class DetectionModule(L.LightningModule):
         # per validation image id: its COCO detections, None when unreadable; the first occurrence
         # counts (DDP pads a rank's last batch with repeats)
         self._val_images: dict[int, list[dict] | None] = {}
+        self.map_epoch = -1  # the last epoch whose validation computed val_mAP (see StatusCallback)
 
     def forward(self, images: torch.Tensor) -> dict:
         return self.model(self._layout(images))
@@ -136,7 +137,9 @@ class DetectionModule(L.LightningModule):
             if t.get("unreadable"):
                 self._val_images.setdefault(int(t["image_id"]), None)
         keep = [i for i, t in enumerate(targets) if not t.get("unreadable")]
-        if not keep:  # logged with weight 0, so every process logs val_loss in every step
+        if not keep:  # logged with weight 0, so every process logs val_loss in every step, and the
+            # loss's collective (the box count across ranks) is met as in the other processes' steps
+            self.criterion.num_boxes([], images.device)
             self.log("val_loss", images.new_zeros(()), on_epoch=True, batch_size=0, sync_dist=True)
             return
         if len(keep) < len(targets):
@@ -184,6 +187,7 @@ class DetectionModule(L.LightningModule):
         stats = evaluate_coco(without_images(self.val_gt, unreadable), results)["stats"]
         self.log("val_mAP", stats["mAP"], rank_zero_only=False, sync_dist=False)
         self.log("val_mAP50", stats["mAP50"], rank_zero_only=False, sync_dist=False)
+        self.map_epoch = self.current_epoch
 
     # ---------------------------------------------------------------------------- optimizers
     def configure_optimizers(self):

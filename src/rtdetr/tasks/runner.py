@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rtdetr.config import ExperimentConfig, dump_yaml, spec_to_dict
+from rtdetr.data.coco import ISSUES_LOG
 from rtdetr.errors import UserError
-from rtdetr.fileio import atomic_write_text
+from rtdetr.fileio import atomic_write, atomic_write_text
 from rtdetr.log import is_rank_zero
 from rtdetr.status import StatusLogger
 from rtdetr.tasks import get_runner
@@ -20,30 +21,38 @@ from rtdetr.tasks import get_runner
 log = logging.getLogger(__name__)
 
 
-class Terminated(UserError):
-    """SIGTERM (e.g. `kill`, a scheduler's pre-emption) stopped a task other than train (which stops
-    at a step boundary through Lightning)."""
+class Terminated(BaseException):
+    """SIGTERM (e.g. `kill`, a scheduler's pre-emption) stopped a task: a BaseException like
+    KeyboardInterrupt, so that no ``except Exception`` takes it for an error of its own."""
 
-    kind = "Interrupted"
     exit_code = 143  # 128 + SIGTERM, as a process killed by it
 
 
 @contextlib.contextmanager
 def sigterm_raises(task: str) -> Iterator[None]:
     """Within the block, SIGTERM raises Terminated, so that files being written are cleaned up and
-    status.json gets its FAILURE line (the default action kills the process on the spot)."""
-    if task == "train" or threading.current_thread() is not threading.main_thread():
+    status.json gets its FAILURE line (the default action kills the process on the spot). Not for
+    train (Lightning stops it at a step boundary) nor gen_trt_engine (a Python handler would wait
+    for TensorRT's build, minutes long, to return)."""
+    if task in ("train", "gen_trt_engine") or threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handle(signum, frame):
-        raise Terminated(f"SIGTERM received: {task} stopped; files written so far are intact")
+        raise Terminated(f"SIGTERM received: {task} stopped")
 
     previous = signal.signal(signal.SIGTERM, handle)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes() if is_rank_zero() and path.is_file() else None
+    except OSError:
+        return None
 
 
 def task_results_dir(cfg: ExperimentConfig, task: str) -> Path:
@@ -68,9 +77,9 @@ def run_task(task: str, cfg: ExperimentConfig) -> Path:
     """Prepare the results directory, save the resolved spec, run the task with status lines."""
     results_dir = prepare_results_dir(task_results_dir(cfg, task))
     spec_file = results_dir / "experiment.yaml"
-    previous = None  # the spec of an earlier run in this folder, put back if this one is refused
+    # an earlier run's spec and issue log, put back if this run is refused (bad input)
+    earlier = {name: _read_bytes(results_dir / name) for name in ("experiment.yaml", ISSUES_LOG)}
     if is_rank_zero():
-        previous = spec_file.read_text(encoding="utf-8") if spec_file.is_file() else None
         atomic_write_text(spec_file, dump_yaml(spec_to_dict(cfg)))
     status = StatusLogger(results_dir)
     status.write("STARTED", f"Starting {task}.")
@@ -80,13 +89,18 @@ def run_task(task: str, cfg: ExperimentConfig) -> Path:
             runner(cfg, results_dir, status)
     except UserError as exc:
         status.write("FAILURE", f"{exc.kind}: {exc}")
-        if previous is not None and exc.exit_code == 2:  # refused input: the earlier spec stays
-            atomic_write_text(spec_file, previous)
+        if exc.exit_code == 2 and is_rank_zero():
+            for name, data in earlier.items():
+                if data is not None:
+                    atomic_write(results_dir / name, lambda fh, data=data: fh.write(data), mode="wb")
         raise
     except KeyboardInterrupt:
         status.write(
             "FAILURE", f"Interrupted: {task} stopped by the user (Ctrl+C); files written so far are intact"
         )
+        raise
+    except Terminated as exc:
+        status.write("FAILURE", f"Interrupted: {exc}; files written so far are intact")
         raise
     except Exception as exc:
         status.write("FAILURE", f"{type(exc).__name__}: {exc}")
