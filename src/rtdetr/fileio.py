@@ -49,10 +49,19 @@ def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = True) ->
     return atomic_write(path, lambda fh: fh.write(text), fsync=fsync)
 
 
-def check_output_file(path: str | os.PathLike, field: str, overwrite: bool, overwrite_field: str) -> Path:
+def check_output_file(
+    path: str | os.PathLike,
+    field: str,
+    overwrite: bool,
+    overwrite_field: str,
+    source: tuple[str | os.PathLike, str] | None = None,
+) -> Path:
     """``path`` as a file that may be written, before any work is done: one-line UserError naming
-    ``field`` for a folder, a path below a file, or an existing file without ``overwrite``."""
+    ``field`` for a folder, a path below a file, an existing file without ``overwrite``, a folder
+    that cannot be written, or the task's input file (``source``: its path and field)."""
     path = Path(path)
+    if source is not None and path.resolve() == Path(source[0]).resolve():
+        raise UserError(f"{field}: the same file as {source[1]}; choose another name")
     if path.is_dir():
         raise UserError(f"{field}: {path} is a folder; give a file path")
     blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)

@@ -113,9 +113,13 @@ def quantize_onnx(
 
     source, output = Path(onnx_file), Path(output_file)
     info = inspect_onnx(source, f"{section}.onnx_file")
-    if output.resolve() == source.resolve():
-        raise UserError(f"{section}.output_file: the same file as {section}.onnx_file; choose another name")
-    check_output_file(output, f"{section}.output_file", overwrite, f"{section}.overwrite")
+    check_output_file(
+        output,
+        f"{section}.output_file",
+        overwrite,
+        f"{section}.overwrite",
+        source=(source, f"{section}.onnx_file"),
+    )
     _check_op_types(op_types, f"{section}.op_types")
     if calibration_method not in CALIBRATION_METHODS:
         raise UserError(

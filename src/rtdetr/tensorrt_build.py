@@ -215,9 +215,7 @@ def check_build_settings(section) -> BuildSettings:
     )
     if onnx_batch is not None:
         log.info("%s has a fixed batch of %d: tensorrt.*_batch_size do not apply", onnx_path.name, onnx_batch)
-    engine_path = check_engine_path(section.trt_engine)
-    if engine_path.resolve() == onnx_path.resolve():
-        raise UserError(f"{SECTION}.trt_engine: the same file as {SECTION}.onnx_file; choose another name")
+    engine_path = check_engine_path(section.trt_engine, onnx_path)
     if section.timing_cache and Path(section.timing_cache).is_dir():
         raise UserError(f"{SECTION}.timing_cache: {section.timing_cache} is a folder; give a file path")
     settings = BuildSettings(
@@ -230,13 +228,11 @@ def check_build_settings(section) -> BuildSettings:
     return settings
 
 
-def check_engine_path(value: str) -> Path:
-    """The engine path; a warning when its suffix is not one evaluate and inference recognise."""
+def check_engine_path(value: str, onnx_path: Path) -> Path:
+    """The engine path (a file that can be written, not the ONNX file; an existing engine is rebuilt,
+    as TAO does); a warning when its suffix is not one evaluate and inference recognise."""
     path = Path(value).expanduser()
-    if path.is_dir():
-        raise UserError(f"{SECTION}.trt_engine: {path} is a folder; give the engine's file path")
-    # a path below a file or in a folder that cannot be written; an existing engine is rebuilt (TAO)
-    check_output_file(path, f"{SECTION}.trt_engine", overwrite=True, overwrite_field="")
+    check_output_file(path, f"{SECTION}.trt_engine", True, "", source=(onnx_path, f"{SECTION}.onnx_file"))
     if path.suffix.lower() not in ENGINE_SUFFIXES:
         log.warning(
             "%s.trt_engine %s: evaluate and inference recognise engines by the suffix %s",

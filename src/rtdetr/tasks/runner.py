@@ -78,7 +78,7 @@ def run_task(task: str, cfg: ExperimentConfig) -> Path:
     results_dir = prepare_results_dir(task_results_dir(cfg, task))
     spec_file = results_dir / "experiment.yaml"
     # an earlier run's spec and issue log, put back if this run is refused (bad input)
-    earlier = {name: _read_bytes(results_dir / name) for name in ("experiment.yaml", ISSUES_LOG)}
+    earlier = {name: _read_bytes(results_dir / name) for name in (spec_file.name, ISSUES_LOG)}
     if is_rank_zero():
         atomic_write_text(spec_file, dump_yaml(spec_to_dict(cfg)))
     status = StatusLogger(results_dir)
