@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from rtdetr.config import load_spec
-from rtdetr.data.sampling import EpochBatchSampler
+from rtdetr.data.sampling import EpochBatchSampler, KeyedDataset
 from rtdetr.engine.ema import EMA
 from rtdetr.engine.hardware import resolve_hardware
 from rtdetr.engine.model_setup import (
@@ -52,7 +52,12 @@ def test_param_groups_apply_lr_backbone_linear_proj_and_no_decay(model):
     no_decay = {names[id(p)] for p in groups["base_no_decay"]["params"]}
     assert groups["base_no_decay"]["weight_decay"] == 0.0 and groups["base"]["weight_decay"] == 1e-4
     assert any("norm" in n for n in no_decay) and any(n.endswith(".bias") for n in no_decay)
-    assert all(not n.endswith(".bias") for p in groups["base"]["params"] for n in [names[id(p)]])
+    assert all(not n.endswith("bias") for p in groups["base"]["params"] for n in [names[id(p)]])
+    assert any(n.endswith("in_proj_bias") for n in no_decay)
+    # a module that holds a norm (ConvNormLayer) is no norm: its convolution keeps weight decay
+    conv_weights = {n for n, m in model.named_modules() if type(m).__name__ == "ConvNormLayer"}
+    conv_weights = {f"{n}.conv.weight" for n in conv_weights if not n.startswith("backbone.")}
+    assert conv_weights and conv_weights <= {names[id(p)] for p in groups["base"]["params"]}
     total = sum(len(g["params"]) for g in groups.values())
     assert total == sum(1 for p in model.parameters() if p.requires_grad)
     # the logged lr is train.optim.lr's, whatever order the groups come in
@@ -399,3 +404,21 @@ def test_progress_bar_shows_four_significant_digits(monkeypatch):
         ProgressBar, "get_metrics", lambda self, trainer, module: {"lr": 1.2345e-4, "v_num": 3}
     )
     assert bar.get_metrics(None, None) == {"lr": "0.0001234", "v_num": 3}
+
+
+def test_large_seeds_give_valid_deterministic_batches():
+    # a date as seed (20240101) overflowed torch.manual_seed in the per-sample seeding
+    class Draw(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, index):
+            return torch.rand(1), {}
+
+    for seed in (20240101, 2**62):
+        sampler = EpochBatchSampler(8, 4, shuffle=True, drop_last=True, seed=seed)
+        keys = list(sampler)
+        assert keys == list(sampler) and len(keys) == 2
+        data = KeyedDataset(Draw(), seed)
+        first = [data[key][0] for key in keys[0]]
+        assert all(torch.equal(a, data[key][0]) for a, key in zip(first, keys[0]))

@@ -67,7 +67,7 @@ class EpochBatchSampler(Sampler):
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         rank, world = _rank_world(self.world_size)
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            generator = torch.Generator().manual_seed(_seed(self.seed * 1_000_003 + self.epoch))
             order = torch.randperm(self.num_samples, generator=generator).tolist()
         else:
             order = list(range(self.num_samples))
@@ -92,6 +92,11 @@ class _EpochSetter:
         self.owner.set_epoch(epoch)
 
 
+def _seed(value: int) -> int:
+    """``value`` folded into the range torch.manual_seed takes (the same number below 2**63)."""
+    return value % 2**63
+
+
 class KeyedDataset(Dataset):
     """Wraps a dataset so that ``ds[(index, epoch, scale)]`` runs its augmentation with a generator
     seeded from the key; the target records the batch ``scale`` for the collate function."""
@@ -108,7 +113,7 @@ class KeyedDataset(Dataset):
             return self.dataset[key]
         index, epoch, scale = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            torch.manual_seed(_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index))
             image, target = self.dataset[index]
         if scale:
             target["scale"] = scale

@@ -35,11 +35,10 @@ def param_groups(
     ``linear_proj_names`` at ``lr * lr_linear_proj_mult``; the rest at ``lr``. Norm-layer parameters
     and biases outside the backbone have no weight decay. Each group carries a ``name``.
     """
+    # the norm layers' own parameters only: a module that merely holds a norm (ConvNormLayer) keeps
+    # its convolution's weight decay
     norm_params = {
-        id(p)
-        for m in model.modules()
-        if isinstance(m, NORM_TYPES) or "Norm" in type(m).__name__
-        for p in m.parameters()
+        id(p) for m in model.modules() if isinstance(m, NORM_TYPES) for p in m.parameters(recurse=False)
     }
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
@@ -51,7 +50,9 @@ def param_groups(
             kind = "linear_proj"
         else:
             kind = "base"
-        no_decay = kind != "backbone" and (id(param) in norm_params or name.endswith(".bias"))
+        no_decay = kind != "backbone" and (
+            id(param) in norm_params or name.endswith("bias")
+        )  # also attention's in_proj_bias
         groups.setdefault((kind, no_decay), []).append(param)
     lrs = {"backbone": lr_backbone, "linear_proj": lr * lr_linear_proj_mult, "base": lr}
     out = []
