@@ -128,12 +128,16 @@ def test_ema_twins_and_dry_run(small_squares, spec_file, tmp_path, cli):
     assert (results / "dataset_issues.log").read_text() == "an earlier run's issues\n"
 
     dry = spec_file(
-        small_squares, name="dry.yaml", results_dir=str(tmp_path / "dry"), train={"is_dry_run": True}
+        small_squares,
+        name="dry.yaml",
+        results_dir=str(tmp_path / "dry"),
+        train={"is_dry_run": True, "validation_interval": 3},  # validates its one batch all the same
     )
     assert main(["-q", "train", "-e", str(dry)]) == 0
     dry_results = tmp_path / "dry" / "train"
     assert not list(dry_results.glob("model_epoch_*.pth"))
     assert read_status(dry_results)[-1]["status"] == "SUCCESS"
+    assert any("val_loss" in json.dumps(line) for line in read_status(dry_results))
 
 
 def test_bf16_training_clips_gradients(small_squares, spec_file, tmp_path):

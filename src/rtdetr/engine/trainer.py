@@ -221,7 +221,7 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
         max_epochs=1 if dry else t.num_epochs,
         limit_train_batches=1 if dry else None,
         limit_val_batches=1 if dry else None,
-        check_val_every_n_epoch=t.validation_interval,
+        check_val_every_n_epoch=1 if dry else t.validation_interval,  # a dry run validates one batch
         gradient_clip_val=t.clip_grad_norm or None,
         gradient_clip_algorithm="norm",
         deterministic=False,
