@@ -24,6 +24,15 @@ def _rank_world(world_size: int) -> tuple[int, int]:
     return 0, world_size
 
 
+def _seed(seed: int, epoch: int, index: int | None = None) -> int:
+    """The seed of an epoch's order (and, with ``index``, of one sample's augmentation), folded into
+    the range torch.manual_seed takes (a large ``train.seed`` such as a date would overflow it)."""
+    value = seed * 1_000_003 + epoch
+    if index is not None:
+        value = value * 10_000_019 + index
+    return value % 2**63
+
+
 class EpochBatchSampler(Sampler):
     """Batches of ``(index, epoch, scale)`` keys for one rank.
 
@@ -67,11 +76,11 @@ class EpochBatchSampler(Sampler):
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         rank, world = _rank_world(self.world_size)
         if self.shuffle:
-            generator = torch.Generator().manual_seed(_seed(self.seed * 1_000_003 + self.epoch))
+            generator = torch.Generator().manual_seed(_seed(self.seed, self.epoch))
             order = torch.randperm(self.num_samples, generator=generator).tolist()
         else:
             order = list(range(self.num_samples))
-        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        rng = random.Random(_seed(self.seed, self.epoch))
         size = self.batch_size * world
         for b in range(self._num_global_batches(world)):
             chunk = order[b * size : (b + 1) * size]
@@ -92,11 +101,6 @@ class _EpochSetter:
         self.owner.set_epoch(epoch)
 
 
-def _seed(value: int) -> int:
-    """``value`` folded into the range torch.manual_seed takes (the same number below 2**63)."""
-    return value % 2**63
-
-
 class KeyedDataset(Dataset):
     """Wraps a dataset so that ``ds[(index, epoch, scale)]`` runs its augmentation with a generator
     seeded from the key; the target records the batch ``scale`` for the collate function."""
@@ -113,7 +117,7 @@ class KeyedDataset(Dataset):
             return self.dataset[key]
         index, epoch, scale = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index))
+            torch.manual_seed(_seed(self.seed, epoch, index))
             image, target = self.dataset[index]
         if scale:
             target["scale"] = scale

@@ -50,9 +50,8 @@ def param_groups(
             kind = "linear_proj"
         else:
             kind = "base"
-        no_decay = kind != "backbone" and (
-            id(param) in norm_params or name.endswith("bias")
-        )  # also attention's in_proj_bias
+        # every bias, attention's in_proj_bias too
+        no_decay = kind != "backbone" and (id(param) in norm_params or name.endswith("bias"))
         groups.setdefault((kind, no_decay), []).append(param)
     lrs = {"backbone": lr_backbone, "linear_proj": lr * lr_linear_proj_mult, "base": lr}
     out = []
