@@ -71,3 +71,15 @@ def test_eval_loader_keeps_order_and_last_batch(records):
 def test_batch_larger_than_dataset_is_a_user_error(records):
     with pytest.raises(UserError, match="fewer than dataset.batch_size 8"):
         build_train_loader(CocoDetection(records), 8, 0, False, None, 0)
+
+
+def test_multi_scale_resize_is_nearest_neighbour_as_in_tao():
+    from rtdetr.engine.data import collate
+
+    image = torch.rand(3, 16, 16)
+    expected = torch.nn.functional.interpolate(image[None], size=(8, 8), mode="nearest")[0]
+    assert torch.equal(expected, image[:, ::2, ::2])  # nearest: every second pixel, no blending
+    images, _ = collate([(image, {"scale": 8, "boxes": torch.zeros(0, 4)})])
+    assert torch.equal(images[0], expected)
+    images, _ = BatchCollate([8], seed=0)([(image, {"boxes": torch.zeros(0, 4)})])
+    assert torch.equal(images[0], expected)

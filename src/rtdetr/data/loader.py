@@ -20,9 +20,17 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from rtdetr.errors import UserError
 
 
+def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """A multi-scale batch resize to [size, size], nearest-neighbour as in TAO and the original RT-DETR
+    (``F.interpolate``'s default mode); a batch already of that size is returned as it is."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="nearest")
+
+
 class BatchCollate:
     """samples -> (images [B, 3, H, W], targets list[dict]); with `multi_scales`, ONE size s is drawn
-    per batch and the batch is resized (bilinear) to [s, s], as the original RT-DETR does.
+    per batch and the batch is resized to [s, s] (see resize_batch).
 
     The draw uses a generator seeded from `seed` in the main process (workers=0) and from the
     DataLoader's per-worker seed in a worker, so it is deterministic given the loader's seed.
@@ -48,8 +56,7 @@ class BatchCollate:
         targets = [target for _, target in batch]
         if self.multi_scales:
             size = self.multi_scales[int(torch.randint(len(self.multi_scales), (1,), generator=self._rng()))]
-            if images.shape[-2:] != (size, size):
-                images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+            images = resize_batch(images, size)
         return images, targets
 
 

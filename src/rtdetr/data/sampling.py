@@ -4,7 +4,8 @@
 augmentation of each sample from its key. The samples and batches of an epoch therefore do not
 depend on the number of loader workers, on the epochs before it (a resumed run continues exactly),
 or on the number of processes: with W ranks, rank r's batch b is the r-th slice of the global batch
-b that one process with a W times larger batch would see.
+b that one process with a W times larger batch would see. A seed of None (``train.seed`` < 0) is a
+fresh random one for each run, rank 0's shared by every rank (see `run_seed`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ def _rank_world(world_size: int) -> tuple[int, int]:
     return 0, world_size
 
 
+def run_seed() -> int:
+    """A fresh random seed, the same in every process of a distributed run (rank 0's, broadcast):
+    the ranks must draw the same order of the training set to take disjoint slices of it."""
+    value = random.SystemRandom().randrange(2**63)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        value = box[0]
+    return value
+
+
 def _seed(seed: int, epoch: int, index: int | None = None) -> int:
     """The seed of an epoch's order (and, with ``index``, of one sample's augmentation), folded into
     the range torch.manual_seed takes (a large ``train.seed`` such as a date would overflow it)."""
@@ -39,6 +51,7 @@ class EpochBatchSampler(Sampler):
     Training (``drop_last``): a permutation per (seed, epoch), the last incomplete global batch
     dropped, one ``scale`` per global batch drawn from ``scales`` (0 = no rescaling). Evaluation:
     in order, the last global batch padded with repeats so that every rank has the same count.
+    ``seed`` None: a random one drawn at the first iteration that needs one (`run_seed`).
     """
 
     def __init__(
@@ -48,7 +61,7 @@ class EpochBatchSampler(Sampler):
         *,
         shuffle: bool,
         drop_last: bool,
-        seed: int = 0,
+        seed: int | None = 0,
         scales: Sequence[int] = (),
         world_size: int = 1,
     ):
@@ -75,12 +88,14 @@ class EpochBatchSampler(Sampler):
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         rank, world = _rank_world(self.world_size)
+        if self.seed is None and (self.shuffle or self.scales):
+            self.seed = run_seed()  # every rank iterates at the same point: the broadcast meets
+        seed = _seed(self.seed or 0, self.epoch)
         if self.shuffle:
-            generator = torch.Generator().manual_seed(_seed(self.seed, self.epoch))
-            order = torch.randperm(self.num_samples, generator=generator).tolist()
+            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(seed)).tolist()
         else:
             order = list(range(self.num_samples))
-        rng = random.Random(_seed(self.seed, self.epoch))
+        rng = random.Random(seed)
         size = self.batch_size * world
         for b in range(self._num_global_batches(world)):
             chunk = order[b * size : (b + 1) * size]
@@ -103,11 +118,12 @@ class _EpochSetter:
 
 class KeyedDataset(Dataset):
     """Wraps a dataset so that ``ds[(index, epoch, scale)]`` runs its augmentation with a generator
-    seeded from the key; the target records the batch ``scale`` for the collate function."""
+    seeded from the key; the target records the batch ``scale`` for the collate function. ``seed``
+    None: a random one (each rank its own: the ranks augment different samples)."""
 
-    def __init__(self, dataset: Dataset, seed: int = 0):
+    def __init__(self, dataset: Dataset, seed: int | None = 0):
         self.dataset = dataset
-        self.seed = seed
+        self.seed = random.SystemRandom().randrange(2**63) if seed is None else seed
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from rtdetr.config import ExperimentConfig
 from rtdetr.data.coco import ISSUES_LOG, CocoSource, concat_sources, load_coco
 from rtdetr.data.dataset import CocoDetection
-from rtdetr.data.loader import init_worker
+from rtdetr.data.loader import init_worker, resize_batch
 from rtdetr.data.sampling import EpochBatchSampler, KeyedDataset
 from rtdetr.data.transforms import build_transforms
 from rtdetr.engine.metrics import coco_ground_truth
@@ -38,7 +37,8 @@ class TrainingData:
 
 
 def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[torch.Tensor, list[dict]]:
-    """Stack a batch; when its samples carry a multi-scale ``scale``, resize it to [scale, scale].
+    """Stack a batch; when its samples carry a multi-scale ``scale``, resize it to [scale, scale]
+    (nearest-neighbour, see resize_batch).
 
     Boxes are normalised, so the targets stay as they are.
     """
@@ -47,8 +47,8 @@ def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[torch.Ten
     scale = targets[0].pop("scale", 0)
     for t in targets[1:]:
         t.pop("scale", None)
-    if scale and images.shape[-2:] != (scale, scale):
-        images = F.interpolate(images, size=(scale, scale), mode="bilinear", align_corners=False)
+    if scale:
+        images = resize_batch(images, scale)
     return images, targets
 
 
@@ -63,9 +63,11 @@ def make_loader(
     scales: list[int] | None = None,
     world_size: int = 1,
 ) -> DataLoader:
-    """A loader of deterministic batches (see rtdetr.data.sampling)."""
+    """A loader of deterministic batches (see rtdetr.data.sampling); a ``seed`` < 0 (train.seed's
+    "disabled") draws a random seed for this run."""
+    run_seed = None if seed < 0 else seed
     sampler = EpochBatchSampler(
-        len(dataset), batch_size, shuffle=train, drop_last=train, seed=max(seed, 0), scales=scales or (),
+        len(dataset), batch_size, shuffle=train, drop_last=train, seed=run_seed, scales=scales or (),
         world_size=world_size,
     )  # fmt: skip
     if train and len(sampler) == 0:
@@ -74,7 +76,7 @@ def make_loader(
             f"{batch_size} x {world_size} process(es); the last incomplete batch is dropped: lower dataset.batch_size"
         )
     return DataLoader(
-        KeyedDataset(dataset, max(seed, 0)),
+        KeyedDataset(dataset, run_seed),
         batch_sampler=sampler,
         num_workers=workers,
         pin_memory=pin_memory and torch.cuda.is_available(),
