@@ -6,6 +6,7 @@ import pytest
 import torch
 import torchvision
 
+from rtdetr.errors import UserError
 from rtdetr.model import available_backbones, build_backbone, build_model, load_pretrained_backbone
 from rtdetr.model.layers import FrozenBatchNorm2d
 
@@ -94,3 +95,16 @@ def test_freezing_defaults_and_overrides():
     tao_default = build_backbone("resnet_50")
     assert not any(p.requires_grad for p in tao_default.layer1.parameters())
     assert all(p.requires_grad for p in tao_default.layer2.parameters())
+
+
+def test_pretrained_backbone_file_errors_name_the_setting(tmp_path):
+    backbone = build_backbone("resnet_18", [1, 2, 3])
+    with pytest.raises(UserError, match=r"^model.pretrained_backbone_path: .*missing.pth: file not found$"):
+        load_pretrained_backbone(backbone, tmp_path / "missing.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="junk.pth: not a readable checkpoint"):
+        load_pretrained_backbone(backbone, tmp_path / "junk.pth")
+    # weights of something else entirely: refused, not a silently random backbone
+    torch.save({"head.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
+    with pytest.raises(UserError, match="other.pth: no tensor fits the backbone .*'head.weight'"):
+        load_pretrained_backbone(backbone, tmp_path / "other.pth")

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rtdetr.errors import UserError
 from rtdetr.model.backbones.presnet import PResNet
 from rtdetr.model.backbones.resnet import ResNet
 
@@ -106,14 +107,25 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_pretrained_backbone(
-    backbone: nn.Module, source: str | Path | Mapping[str, torch.Tensor]
+    backbone: nn.Module,
+    source: str | Path | Mapping[str, torch.Tensor],
+    setting: str = "model.pretrained_backbone_path",
 ) -> LoadReport:
     """Copy tensors from a checkpoint path or state dict into `backbone` by name.
 
     Prefixes such as "module.", "model.", "backbone." are stripped when that makes a name match.
-    Tensors that do not fit are skipped and reported (returned and logged as a warning).
+    Tensors that do not fit are skipped and reported (returned and logged as a warning). A missing
+    or unreadable file, or one of which no tensor fits, is a UserError naming ``setting``.
     """
-    state = read_state_dict(source) if isinstance(source, (str, Path)) else dict(source)
+    if isinstance(source, (str, Path)):
+        if not Path(source).is_file():
+            raise UserError(f"{setting}: {source}: file not found")
+        try:
+            state = read_state_dict(source)
+        except Exception as exc:  # torch and safetensors raise many kinds for a bad file
+            raise UserError(f"{setting}: {source}: not a readable checkpoint: {exc}") from exc
+    else:
+        state = dict(source)
     own = backbone.state_dict()
     report = LoadReport()
     matched: dict[str, torch.Tensor] = {}
@@ -129,6 +141,16 @@ def load_pretrained_backbone(
         else:
             matched[name] = value
     report.loaded = sorted(matched)
+    if not matched:
+        example = (
+            f" (its tensors are named e.g. {next(iter(state))!r}, the backbone's {next(iter(own))!r})"
+            if state
+            else ""
+        )
+        raise UserError(
+            f"{setting}: {source if isinstance(source, (str, Path)) else 'the state dict'}: no tensor fits the "
+            f"backbone{example}; give weights of the spec's model.backbone"
+        )
     report.missing = [k for k in own if k not in matched and not k.endswith("num_batches_tracked")]
     backbone.load_state_dict(matched, strict=False)
     log = logger.warning if report.missing or report.unexpected or report.mismatched else logger.info
