@@ -31,6 +31,8 @@ FIELD_CASES = {
     "eval_idx": ({"model": {"dec_layers": 3, "eval_idx": 3}}, [], "model.eval_idx: value 3 must be below dec_layers (3)"),
     "teacher rules": ({"distill": {"teacher": {"feat_strides": [8, 16]}}}, [], "distill.teacher.num_feature_levels:"),
     "spatial size": ({"dataset": {"augmentation": {"eval_spatial_size": [640, 650]}}}, [], "dataset.augmentation.eval_spatial_size: [640, 650]: each side must be a positive multiple of 32"),
+    "adamw momentum": ({"train": {"optim": {"momentum": 1.0}}}, [], "train.optim.momentum: value 1.0: AdamW's momentum (its beta1) must be below 1"),
+    "frozen_fm": ({"model": {"frozen_fm": {"enabled": True}}}, [], "model.frozen_fm.enabled: Frozen RT-DETR (a RADIO foundation model beside the backbone) is not available"),
     "trt batch order": ({"gen_trt_engine": {"tensorrt": {"opt_batch_size": 8}}}, [], "gen_trt_engine.tensorrt.opt_batch_size: batch sizes must satisfy"),
     "bad override value": ({}, ["train.num_epochs=[1"], "override 'train.num_epochs=[1': value is not valid YAML"),
     "override without =": ({}, ["train.num_epochs"], "override 'train.num_epochs': expected key=value"),

@@ -245,7 +245,24 @@ def _batches(cfg: ExperimentConfig, ok: Callable[..., bool]) -> Iterator[Problem
         )
 
 
-RULES: tuple[Rule, ...] = (_model, _num_select, _gpus, _intervals, _sizes, _batches)
+def _optim(cfg: ExperimentConfig, ok: Callable[..., bool]) -> Iterator[Problem]:
+    o = cfg.train.optim
+    if ok("train.optim.momentum", "train.optim.optimizer") and o.optimizer == "AdamW" and o.momentum >= 1:
+        yield Problem(
+            "train.optim.momentum", f"value {o.momentum}: AdamW's momentum (its beta1) must be below 1"
+        )
+
+
+def _frozen_fm(cfg: ExperimentConfig, ok: Callable[..., bool]) -> Iterator[Problem]:
+    if ok("model.frozen_fm.enabled") and cfg.model.frozen_fm.enabled:
+        yield Problem(
+            "model.frozen_fm.enabled",
+            "Frozen RT-DETR (a RADIO foundation model beside the backbone) is not available in this "
+            "toolkit; set it false",
+        )
+
+
+RULES: tuple[Rule, ...] = (_model, _num_select, _gpus, _intervals, _sizes, _batches, _optim, _frozen_fm)
 
 
 def rule_problems(cfg: ExperimentConfig, bad_paths: set[str]) -> list[Problem]:
