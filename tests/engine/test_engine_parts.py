@@ -67,6 +67,21 @@ def test_param_groups_apply_lr_backbone_linear_proj_and_no_decay(model):
     assert opt.param_groups[0]["lr"] != 1e-3 and base_lr(opt) == 1e-3
 
 
+def test_backbone_names_narrow_the_backbone_group_and_typos_are_refused(model):
+    def backbone_group(names):
+        groups = param_groups(model, lr=1e-3, lr_backbone=1e-5, weight_decay=0, backbone_names=names)
+        by_id = {id(p): n for n, p in model.named_parameters()}
+        return {by_id[id(p)] for g in groups if g["name"] == "backbone" for p in g["params"]}
+
+    everything = backbone_group(["backbone.0"])  # TAO's spelling of the whole backbone
+    assert everything == backbone_group(["backbone"]) and len(everything) > 10
+    last_stage = backbone_group(["backbone.0.res_layers.3"])
+    assert last_stage and last_stage < everything
+    assert all(n.startswith("backbone.res_layers.3.") for n in last_stage)
+    with pytest.raises(UserError, match="model.backbone_names: 'backbone.1' matches no parameter"):
+        backbone_group(["backbone.1"])
+
+
 @pytest.mark.parametrize("kind", ["AdamW", "SGD"])
 def test_optimizers(model, kind):
     groups = param_groups(model, lr=1e-3, lr_backbone=1e-4, weight_decay=1e-4)
@@ -106,6 +121,10 @@ def test_step_schedule_multistep_steplr_warmup():
     )
     step = StepSchedule(steps_per_epoch=10, kind="StepLR", step_size=3, decay=0.5)
     assert [step(s) for s in (0, 29, 30, 60)] == pytest.approx([1.0, 1.0, 0.5, 0.25])
+    # resumed at epoch 1 (step 10) with twice as many steps per epoch: the drop at epoch 2 comes at
+    # step 30, not at step 20 where the first run's 10 steps per epoch would put it
+    multi.start_epoch(10, 1, 20)
+    assert [multi(s) for s in (10, 29, 30, 49, 50)] == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.1])
 
 
 def test_ema_update_formula_and_swap():
@@ -422,3 +441,61 @@ def test_large_seeds_give_valid_deterministic_batches():
         data = KeyedDataset(Draw(), seed)
         first = [data[key][0] for key in keys[0]]
         assert all(torch.equal(a, data[key][0]) for a, key in zip(first, keys[0]))
+
+
+def test_negative_seed_draws_a_fresh_random_order_each_run():
+    from rtdetr.engine.data import make_loader
+
+    class Draw(torch.utils.data.Dataset):
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, index):
+            return torch.rand(3, 4, 4), {"image_id": index}
+
+    def order(seed):
+        loader = make_loader(Draw(), batch_size=4, workers=0, pin_memory=False, train=True, seed=seed)
+        return [key[0] for batch in loader.batch_sampler for key in batch]
+
+    assert order(5) == order(5)
+    runs = [order(-1) for _ in range(3)]
+    assert sorted(runs[0]) == list(range(40))
+    # seeding disabled: not seed 0's order, nor one run's order again (each equal by chance 1 in 40!)
+    assert order(0) not in runs and runs[0] != runs[1] != runs[2]
+
+
+def _random_seed_worker(rank: int, port: int, queue) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    sampler = EpochBatchSampler(
+        24, 2, shuffle=True, drop_last=True, seed=None, scales=[8, 16, 24], world_size=2
+    )
+    queue.put((rank, [key for batch in sampler for key in batch]))
+    dist.destroy_process_group()
+
+
+def test_negative_seed_is_shared_by_the_ranks_of_a_distributed_run():
+    # each rank drawing its own random order would give overlapping slices of the training set
+    import socket
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = [ctx.Process(target=_random_seed_worker, args=(r, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    keys = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    indices = [k[0] for rank in (0, 1) for k in keys[rank]]
+    assert sorted(indices) == list(range(24))  # disjoint slices that cover the set
+    # one scale per global batch: the ranks' b-th batches agree
+    assert [k[2] for k in keys[0][::2]] == [k[2] for k in keys[1][::2]]

@@ -127,17 +127,18 @@ def test_ema_twins_and_dry_run(small_squares, spec_file, tmp_path, cli):
     assert (results / "experiment.yaml").read_text() == spec_saved  # refused runs leave both as they were
     assert (results / "dataset_issues.log").read_text() == "an earlier run's issues\n"
 
-    dry = spec_file(
-        small_squares,
-        name="dry.yaml",
-        results_dir=str(tmp_path / "dry"),
-        train={"is_dry_run": True, "validation_interval": 3},  # validates its one batch all the same
-    )
-    assert main(["-q", "train", "-e", str(dry)]) == 0
-    dry_results = tmp_path / "dry" / "train"
+    # a dry run into the same results_dir: its outputs go to dry_run/, the real run's stay as they were
+    status = (results / "status.json").read_text()
+    dry = cli("-q", "train", "-e", spec, "train.is_dry_run=true", "train.validation_interval=2")
+    assert dry.code == 0, dry.err  # (validation_interval 2: it validates its one batch all the same)
+    dry_results = results / "dry_run"
     assert not list(dry_results.glob("model_epoch_*.pth"))
     assert read_status(dry_results)[-1]["status"] == "SUCCESS"
     assert any("val_loss" in json.dumps(line) for line in read_status(dry_results))
+    assert (dry_results / "logs" / "metrics.csv").exists() and (dry_results / "experiment.yaml").exists()
+    assert (results / "status.json").read_text() == status
+    assert (results / "logs" / "metrics.csv").read_text() == metrics
+    assert (results / "experiment.yaml").read_text() == spec_saved
 
 
 def test_bf16_training_clips_gradients(small_squares, spec_file, tmp_path):
@@ -182,6 +183,42 @@ def test_kill_and_resume_ends_with_the_same_weights(small_squares, spec_file, tm
     assert a.keys() == b.keys()
     worst = max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
     assert worst <= 1e-6, worst
+
+
+def test_resume_with_another_batch_size_keeps_epoch_boundaries_and_frozen_parts(
+    small_squares, spec_file, tmp_path, cli
+):
+    """A frozen backbone stays in eval mode (its BatchNorm statistics unchanged); a resume whose
+    optimizer state does not fit is refused with one line; one with a different batch size drops
+    the lr at its own epoch boundary (not where the first run's steps per epoch would put it)."""
+    import csv
+
+    spec = spec_file(
+        small_squares,
+        train={"num_epochs": 1, "optim": {"lr": 0.001, "lr_steps": [2], "lr_decay": 0.1}},
+        dataset={"batch_size": 4},  # 16 images: 4 steps an epoch
+        model={"train_backbone": False},
+    )
+    assert main(["-q", "train", "-e", str(spec)]) == 0
+    results = tmp_path / "results" / "train"
+    state = read_checkpoint(results / "model_epoch_000.pth")["state_dict"]
+    tracked = {k: int(v) for k, v in state.items() if k.startswith("model.backbone.") and "num_batches" in k}
+    assert tracked and set(tracked.values()) == {0}, tracked  # never ran a training-mode BatchNorm
+    assert any(int(v) > 0 for k, v in state.items() if k.startswith("model.decoder.") and "num_batches" in k)
+
+    unfit = cli("train", "-e", spec, "train.num_epochs=3", "model.train_backbone=true")
+    assert unfit.code == 2 and len(unfit.error_lines) == 1, unfit.err
+    assert "holds the optimizer state of AdamW (" in unfit.err and "model.train_backbone" in unfit.err
+    sgd = cli("train", "-e", spec, "train.num_epochs=3", "train.optim.optimizer=SGD")
+    assert sgd.code == 2 and "this spec trains SGD (" in sgd.err, sgd.err
+
+    # resumed with batch 2: 8 steps an epoch; epoch 1 is steps 4-11 at lr, epoch 2 steps 12-19 at lr/10
+    assert main(["-q", "train", "-e", str(spec), "train.num_epochs=3", "dataset.batch_size=2"]) == 0
+    with open(results / "logs" / "metrics.csv") as fh:
+        lrs = {int(r["step"]): float(r["lr"]) for r in csv.DictReader(fh) if r.get("lr")}
+    assert sorted(lrs) == list(range(4, 20)), sorted(lrs)
+    assert [lrs[s] for s in range(4, 12)] == pytest.approx([1e-3] * 8)
+    assert [lrs[s] for s in range(12, 20)] == pytest.approx([1e-4] * 8)
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,7 @@ class DetectionModule(L.LightningModule):
     Batches are (images [B, 3, H, W] in [0, 1], targets): per image "labels" [N], "boxes" [N, 4]
     normalised cxcywh, "image_id", "orig_size" (h, w) and "canvas_size" (h, w) (the original-pixel
     size the normalised boxes refer to). ``label_to_category`` maps logit index -> dataset category
-    id (None: identity).
+    id (None: identity). ``frozen`` names submodules of ``model`` that do not train (kept in eval mode).
     """
 
     def __init__(
@@ -61,6 +61,7 @@ class DetectionModule(L.LightningModule):
         label_to_category: Sequence[int] | None = None,
         val_gt: dict | None = None,
         seed: int = -1,
+        frozen: Sequence[str] = (),
     ):
         super().__init__()
         self.model = model
@@ -73,11 +74,24 @@ class DetectionModule(L.LightningModule):
         self.label_to_category = None if label_to_category is None else list(label_to_category)
         self.val_gt = val_gt
         self.seed = seed
+        modules = dict(model.named_modules())
+        # kept in eval mode, see train(); held as objects, whatever wrapper names them later (FSDP)
+        self._frozen_modules = [modules[name] for name in frozen]
         self.channels_last = False  # see to_channels_last
         # per validation image id: its COCO detections, None when unreadable; the first occurrence
         # counts (DDP pads a rank's last batch with repeats)
         self._val_images: dict[int, list[dict] | None] = {}
         self.map_epoch = -1  # the last epoch whose validation computed val_mAP (see StatusCallback)
+
+    def train(self, mode: bool = True):
+        """Frozen submodules (train.freeze, the backbone when model.train_backbone is false) stay in
+        eval mode: their BatchNorm statistics do not drift nor their dropout apply, so a frozen part
+        computes the same function throughout training and its checkpointed tensors stay as loaded."""
+        super().train(mode)
+        if mode:
+            for module in self._frozen_modules:
+                module.eval()
+        return self
 
     def forward(self, images: torch.Tensor) -> dict:
         return self.model(self._layout(images))
@@ -94,6 +108,18 @@ class DetectionModule(L.LightningModule):
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         if self.seed >= 0:
             seed_everything_for_step(self.seed + self.global_rank * 7919, self.global_step)
+
+    def on_train_epoch_start(self) -> None:
+        self.train()  # Lightning leaves the modes as it finds them: the frozen parts' eval mode is ours
+        # the lr schedule's epochs are this run's (see StepSchedule.start_epoch); the lr of the
+        # epoch's first step follows (a resumed run's restored lr came from the old step count)
+        scheduler = self.lr_schedulers()
+        schedule = scheduler.lr_lambdas[0]
+        if not isinstance(schedule, StepSchedule):
+            return
+        schedule.start_epoch(self.global_step, self.current_epoch, self.trainer.num_training_batches)
+        for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * schedule(scheduler.last_epoch)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
@@ -190,9 +216,10 @@ class DetectionModule(L.LightningModule):
         self.map_epoch = self.current_epoch
 
     # ---------------------------------------------------------------------------- optimizers
-    def configure_optimizers(self):
+    def param_groups(self) -> list[dict]:
+        """The optimizer's parameter groups (see rtdetr.engine.optim.param_groups)."""
         o = self.optim
-        groups = param_groups(
+        return param_groups(
             self.model,
             lr=o.lr,
             lr_backbone=o.lr_backbone,
@@ -201,6 +228,10 @@ class DetectionModule(L.LightningModule):
             linear_proj_names=self.linear_proj_names,
             lr_linear_proj_mult=o.lr_linear_proj_mult,
         )
+
+    def configure_optimizers(self):
+        o = self.optim
+        groups = self.param_groups()
         for g in groups:
             log.debug(
                 "param group %s: %d tensors, lr %g, weight decay %g",

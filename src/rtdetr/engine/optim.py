@@ -8,15 +8,32 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from rtdetr.errors import UserError
+
 log = logging.getLogger(__name__)
 
 NORM_TYPES = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.SyncBatchNorm)
 
 
-def _is_backbone(name: str, backbone_names: Sequence[str]) -> bool:
-    # TAO wraps its backbone as `backbone.0`; ours is `backbone`. Both spellings select it.
-    prefixes = {"backbone."} | {p if p.endswith(".") else p + "." for p in backbone_names}
-    return any(name.startswith(p) for p in prefixes) or name.startswith("backbone.")
+def backbone_prefixes(model: nn.Module, backbone_names: Sequence[str]) -> tuple[str, ...]:
+    """The parameter-name prefixes of ``model.backbone_names``. TAO's backbone is `backbone.0`, ours
+    `backbone`: "backbone.0" (TAO's default) and names under it select ours. A prefix that matches no
+    parameter is a UserError (a typo would otherwise train the backbone at ``lr``)."""
+    prefixes = []
+    for name in backbone_names:
+        name = name.rstrip(".")
+        if name == "backbone.0" or name.startswith("backbone.0."):
+            name = "backbone" + name[len("backbone.0") :]
+        prefixes.append(name + ".")
+    names = [n for n, _ in model.named_parameters()]
+    for given, prefix in zip(backbone_names, prefixes):
+        if not any(n.startswith(prefix) for n in names):
+            tops = sorted({n.split(".")[0] + "." for n in names})
+            raise UserError(
+                f"model.backbone_names: {given!r} matches no parameter of the model; parameter names start "
+                f"with {', '.join(tops)} (TAO's 'backbone.0' is this model's 'backbone')"
+            )
+    return tuple(prefixes)
 
 
 def param_groups(
@@ -40,11 +57,12 @@ def param_groups(
     norm_params = {
         id(p) for m in model.modules() if isinstance(m, NORM_TYPES) for p in m.parameters(recurse=False)
     }
+    backbone = backbone_prefixes(model, backbone_names)
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if _is_backbone(name, backbone_names):
+        if name.startswith(backbone):
             kind = "backbone"
         elif any(p in name for p in linear_proj_names):
             kind = "linear_proj"
@@ -102,6 +120,10 @@ class StepSchedule:
     MultiStep multiplies by ``decay`` at each epoch in ``milestones``; StepLR every ``step_size``
     epochs. Used with torch's LambdaLR stepped every optimizer step (picklable: it is saved with the
     scheduler state in checkpoints).
+
+    Epochs count from an anchor (``start_epoch``) that the engine moves at the start of every epoch,
+    with that run's steps per epoch: a run resumed with another batch size or dataset decays at its
+    own epoch boundaries, not where the steps per epoch of the checkpoint's run would put them.
     """
 
     def __init__(
@@ -119,9 +141,19 @@ class StepSchedule:
         self.step_size = int(step_size)
         self.decay = float(decay)
         self.warmup_steps = int(warmup_steps)
+        self.anchor_step = 0
+        self.anchor_epoch = 0
+
+    def start_epoch(self, step: int, epoch: int, steps_per_epoch: int) -> None:
+        """Epoch ``epoch`` starts at optimizer step ``step`` and lasts ``steps_per_epoch`` steps."""
+        self.anchor_step, self.anchor_epoch = int(step), int(epoch)
+        self.steps_per_epoch = max(1, int(steps_per_epoch))
+
+    def epoch(self, step: int) -> int:
+        return self.anchor_epoch + max(0, step - self.anchor_step) // self.steps_per_epoch
 
     def __call__(self, step: int) -> float:
-        epoch = step // self.steps_per_epoch
+        epoch = self.epoch(step)
         if self.kind == "StepLR":
             passed = epoch // self.step_size
         else:

@@ -31,6 +31,7 @@ from rtdetr.engine.hardware import resolve_hardware
 from rtdetr.engine.host_memory import keep_freed_host_memory
 from rtdetr.engine.model_setup import enable_activation_checkpointing, freeze, load_pretrained_model
 from rtdetr.engine.module import DetectionModule
+from rtdetr.engine.optim import backbone_prefixes
 from rtdetr.engine.sync_bn import convert_to_global_batchnorm
 from rtdetr.errors import UserError
 from rtdetr.log import quiet_lightning
@@ -89,9 +90,10 @@ def check_resume_checkpoint(path: Path, module: L.LightningModule, explicit: boo
         else "train with the spec this results_dir was trained with, or use a new results_dir"
     )
     try:
-        theirs = read_checkpoint(path)["state_dict"]
+        checkpoint = read_checkpoint(path)
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from exc
+    theirs = checkpoint["state_dict"]
     own = module.state_dict()
     other = [k for k in own if k in theirs and theirs[k].shape != own[k].shape]
     missing = [k for k in own if k not in theirs]
@@ -106,6 +108,25 @@ def check_resume_checkpoint(path: Path, module: L.LightningModule, explicit: boo
             f"{where}: {path} does not fit this spec's model ({len(other)} tensors of another shape, "
             f"{len(missing)} missing, {len(extra)} extra; e.g. {example}); {fix}"
         )
+    saved = (checkpoint.get("optimizer_states") or [None])[0]
+    if saved is not None:
+        mine = _optimizer_layout(module.optim.optimizer, module.param_groups())
+        saved_layout = _optimizer_layout(None, saved["param_groups"])
+        if saved_layout != mine:
+            raise UserError(
+                f"{where}: {path} holds the optimizer state of {saved_layout}, "
+                f"this spec trains {mine}: train.optim.optimizer, train.freeze, model.train_backbone or "
+                f"model.backbone_names differ from the checkpoint's run; restore them, or start from its weights with "
+                f"train.pretrained_model_path and a new results_dir"
+            )
+
+
+def _optimizer_layout(kind: str | None, groups: list[dict]) -> str:
+    """An optimizer and its groups' sizes, e.g. ``AdamW (backbone 12, base 80)``; ``kind`` None reads
+    it from a saved state's groups (SGD's carry "nesterov", AdamW's "betas")."""
+    kind = kind or ("SGD" if "nesterov" in groups[0] else "AdamW")
+    sizes = [f"{group.get('name', i)} {len(group['params'])}" for i, group in enumerate(groups)]
+    return f"{kind} ({', '.join(sizes)})"
 
 
 def build_module(cfg: ExperimentConfig, data: TrainingData) -> DetectionModule:
@@ -119,10 +140,14 @@ def build_module(cfg: ExperimentConfig, data: TrainingData) -> DetectionModule:
         toolkit_version=__version__,
     )
     model = build_from_metadata(meta, load_pretrained_backbone=True)
+    backbone_prefixes(model, cfg.model.backbone_names)  # a name that matches nothing: refused before training
     if cfg.train.pretrained_model_path:
         load_pretrained_model(model, cfg.train.pretrained_model_path)
-    if cfg.train.freeze:
-        freeze(model, cfg.train.freeze)
+    frozen = list(cfg.train.freeze)
+    if frozen:
+        freeze(model, frozen)
+    if not cfg.model.train_backbone:
+        frozen.append("backbone")
     if cfg.train.activation_checkpoint:
         enable_activation_checkpointing(model)
     return DetectionModule(
@@ -136,6 +161,7 @@ def build_module(cfg: ExperimentConfig, data: TrainingData) -> DetectionModule:
         label_to_category=data.label_to_category,
         val_gt=data.val_gt,
         seed=cfg.train.seed,
+        frozen=frozen,
     )
 
 
@@ -188,6 +214,8 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
     if t.seed >= 0:
         L.seed_everything(t.seed, workers=True, verbose=False)
+    else:  # seeding disabled: torch's generator would otherwise start from its fixed default seed
+        torch.seed()
     torch.backends.cudnn.benchmark = t.cudnn.benchmark
     torch.backends.cudnn.deterministic = t.cudnn.deterministic
 

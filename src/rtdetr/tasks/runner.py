@@ -56,9 +56,12 @@ def _read_bytes(path: Path) -> bytes | None:
 
 
 def task_results_dir(cfg: ExperimentConfig, task: str) -> Path:
-    """TAO's rule: ``<task>.results_dir`` if set, else ``<results_dir>/<task>``."""
+    """TAO's rule: ``<task>.results_dir`` if set, else ``<results_dir>/<task>``; a training dry run
+    (train.is_dry_run) writes into its ``dry_run`` folder, so that it leaves a real run's logs,
+    status and spec there as they are."""
     own = getattr(getattr(cfg, task, None), "results_dir", None)
-    return Path(own) if own else Path(cfg.results_dir) / task
+    path = Path(own) if own else Path(cfg.results_dir) / task
+    return path / "dry_run" if task == "train" and cfg.train.is_dry_run else path
 
 
 def prepare_results_dir(path: Path) -> Path:
