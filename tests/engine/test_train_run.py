@@ -322,7 +322,7 @@ def test_ddp_step_equals_one_process_step(tmp_path, spec_file):
     channels-last BatchNorm sums in float32, ~1e-6 relative, the global BatchNorm of the 2 processes in
     float64; with contiguous weights 6e-6). A real fault (gradients not averaged, the loss not
     normalised across ranks, per-rank BatchNorm statistics) changes a large fraction of it. The backbone is frozen
-    (its BatchNorm statistics still update): its max pooling sends a gradient to the arg-max of each
+    (and in eval mode, its BatchNorm statistics fixed): its max pooling sends a gradient to the arg-max of each
     window, and float-order noise flips near-ties there, which alone moves backbone gradients by
     ~1e-3 between two float32 runs."""
     from rtdetr.checkpoint import ModelMetadata, build_from_metadata, save_checkpoint
