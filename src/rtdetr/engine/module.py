@@ -88,9 +88,11 @@ class DetectionModule(L.LightningModule):
         eval mode: their BatchNorm statistics do not drift nor their dropout apply, so a frozen part
         computes the same function throughout training and its checkpointed tensors stay as loaded."""
         super().train(mode)
-        if mode:
-            for module in self._frozen_modules:
-                module.eval()
+        if mode:  # only their norm and dropout layers: the decoder's own mode also decides its outputs
+            for frozen in self._frozen_modules:
+                for m in frozen.modules():
+                    if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)):
+                        m.eval()
         return self
 
     def forward(self, images: torch.Tensor) -> dict:
