@@ -25,10 +25,14 @@ def _rank_world(world_size: int) -> tuple[int, int]:
     return 0, world_size
 
 
+def _fresh_seed() -> int:
+    return random.SystemRandom().randrange(2**63)
+
+
 def run_seed() -> int:
     """A fresh random seed, the same in every process of a distributed run (rank 0's, broadcast):
     the ranks must draw the same order of the training set to take disjoint slices of it."""
-    value = random.SystemRandom().randrange(2**63)
+    value = _fresh_seed()
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         box = [value]
         dist.broadcast_object_list(box, src=0)
@@ -123,7 +127,7 @@ class KeyedDataset(Dataset):
 
     def __init__(self, dataset: Dataset, seed: int | None = 0):
         self.dataset = dataset
-        self.seed = random.SystemRandom().randrange(2**63) if seed is None else seed
+        self.seed = _fresh_seed() if seed is None else seed
 
     def __len__(self) -> int:
         return len(self.dataset)
