@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from rtdetr import __version__
 from rtdetr.config.rules import TASKS
@@ -268,16 +267,20 @@ def _record_spec_failure(args: argparse.Namespace, exc: SpecError) -> None:
     """A FAILURE line for a bad spec, when the spec names its results directory explicitly."""
     from rtdetr.config.loader import apply_overrides, read_spec_file
     from rtdetr.status import StatusLogger
+    from rtdetr.tasks.runner import results_dir_of
 
     try:
         raw = apply_overrides(read_spec_file(args.spec), args.overrides)
         section = raw.get(args.command) if isinstance(raw.get(args.command), dict) else {}
         own, top = section.get("results_dir"), raw.get("results_dir")
-        if isinstance(own, str) and own:
-            target = Path(own)
-        elif isinstance(top, str) and top:
-            target = Path(top) / args.command
-        else:
+        dry_run = args.command == "train" and section.get("is_dry_run") is True
+        target = results_dir_of(
+            args.command,
+            own if isinstance(own, str) else None,
+            top if isinstance(top, str) else None,
+            dry_run,
+        )
+        if target is None:
             return
         more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
         StatusLogger(target).write("FAILURE", f"{exc.kind}: {exc.problems[0]}{more}")

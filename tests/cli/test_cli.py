@@ -155,6 +155,16 @@ def test_bad_spec_records_configuration_error_when_results_dir_known(cli, tmp_pa
     assert "train.num_epochs" in line["message"]
 
 
+def test_bad_dry_run_spec_records_failure_in_dry_run_folder(cli, tmp_path):
+    """A refused dry-run spec leaves a real run's status alone, like an accepted dry run."""
+    spec = _train_spec(tmp_path, train={"num_epochs": 0, "is_dry_run": True})
+    result = cli("train", "-e", spec)
+    assert result.code == 2
+    assert not (tmp_path / "results" / "train" / "status.json").exists()
+    (line,) = read_status(tmp_path / "results" / "train" / "dry_run")
+    assert line["status"] == "FAILURE" and "train.num_epochs" in line["message"]
+
+
 def test_unwritable_results_dir_is_a_clear_error(cli, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -464,6 +464,48 @@ def test_negative_seed_draws_a_fresh_random_order_each_run():
     assert order(0) not in runs and runs[0] != runs[1] != runs[2]
 
 
+def test_negative_seed_reseeds_torch_randomly_and_a_seed_repeats():
+    from rtdetr.engine.trainer import seed_run
+
+    def first_draw(seed):
+        torch.manual_seed(0)  # what a process, or an earlier run in it, may have left
+        seed_run(seed)
+        return torch.rand(4)
+
+    assert torch.equal(first_draw(7), first_draw(7))
+    fresh = [first_draw(-1) for _ in range(2)]
+    torch.manual_seed(0)
+    assert not torch.equal(fresh[0], torch.rand(4)) and not torch.equal(fresh[0], fresh[1])
+
+
+def test_frozen_decoder_keeps_its_auxiliary_and_denoising_losses(model):
+    """A frozen part keeps only its norm and dropout layers in eval mode: a frozen decoder still
+    returns the outputs of every layer and of the denoising groups, so every loss term is computed."""
+    from rtdetr.checkpoint import ModelMetadata
+    from rtdetr.engine.module import DetectionModule
+    from rtdetr.engine.trainer import build_criterion
+
+    spec = load_spec({})
+    net = build_model(**TINY, dropout_ratio=0.1)
+    freeze(net, ["decoder"])
+    module = DetectionModule(
+        net, build_criterion(spec.model, 3), optim=spec.train.optim,
+        metadata=ModelMetadata(model={}, num_classes=3), frozen=["decoder", "encoder"],
+    )  # fmt: skip
+    module.train()
+    assert net.training and net.decoder.training and net.encoder.training
+    dropouts = [m for m in net.decoder.modules() if isinstance(m, nn.Dropout)]
+    norms = [m for m in net.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert dropouts and norms and not any(m.training for m in dropouts + norms)
+    assert all(m.training for m in net.backbone.modules())
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
+    losses = module.criterion(net(torch.rand(1, 3, 64, 64), targets), targets)
+    names = set(losses)
+    assert (
+        any("aux" in n for n in names) and any("dn" in n for n in names) and any("enc" in n for n in names)
+    ), names
+
+
 def _random_seed_worker(rank: int, port: int, queue) -> None:
     import os
 

@@ -141,6 +141,18 @@ def test_ema_twins_and_dry_run(small_squares, spec_file, tmp_path, cli):
     assert (results / "experiment.yaml").read_text() == spec_saved
 
 
+def test_unknown_backbone_name_is_refused_before_training_starts(small_squares, spec_file, tmp_path, cli):
+    spec = spec_file(small_squares, train={"num_epochs": 1})
+    bad = cli("train", "-e", spec, "model.backbone_names=[nosuch]")
+    assert bad.code == 2 and len(bad.error_lines) == 1, bad.err
+    assert bad.error_lines[0].startswith("error: model.backbone_names: 'nosuch' matches no parameter"), (
+        bad.err
+    )
+    results = tmp_path / "results" / "train"
+    assert sorted(p.name for p in results.iterdir()) == ["experiment.yaml", "status.json"]  # no logs yet
+    assert [line["status"] for line in read_status(results)] == ["STARTED", "FAILURE"]
+
+
 def test_bf16_training_clips_gradients(small_squares, spec_file, tmp_path):
     # Lightning refuses to clip gradients in mixed precision with a fused optimizer
     spec = spec_file(small_squares, train={"num_epochs": 1, "precision": "bf16", "clip_grad_norm": 0.1})

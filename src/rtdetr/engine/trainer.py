@@ -201,6 +201,15 @@ def _keep_previous_metrics(log_dir: Path) -> None:
         current.rename(log_dir / f"metrics.part{part:02d}.csv")
 
 
+def seed_run(seed: int) -> None:
+    """train.seed: seed every generator (and the loader workers') with it; a negative seed turns
+    seeding off, torch's generator then starts from a fresh random seed (not its fixed default)."""
+    if seed >= 0:
+        L.seed_everything(seed, workers=True, verbose=False)
+    else:
+        torch.seed()
+
+
 def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> DetectionModule:
     """Train as the spec says; checkpoints, logs and plots go to ``results_dir``."""
     t = cfg.train
@@ -212,10 +221,7 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
         # processes on one machine share its cores: oversubscribed OpenMP threads are very slow
         per_node = hardware.world_size // hardware.num_nodes
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
-    if t.seed >= 0:
-        L.seed_everything(t.seed, workers=True, verbose=False)
-    else:  # seeding disabled: torch's generator would otherwise start from its fixed default seed
-        torch.seed()
+    seed_run(t.seed)
     torch.backends.cudnn.benchmark = t.cudnn.benchmark
     torch.backends.cudnn.deterministic = t.cudnn.deterministic
 

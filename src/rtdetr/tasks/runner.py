@@ -59,9 +59,21 @@ def task_results_dir(cfg: ExperimentConfig, task: str) -> Path:
     """TAO's rule: ``<task>.results_dir`` if set, else ``<results_dir>/<task>``; a training dry run
     (train.is_dry_run) writes into its ``dry_run`` folder, so that it leaves a real run's logs,
     status and spec there as they are."""
-    own = getattr(getattr(cfg, task, None), "results_dir", None)
-    path = Path(own) if own else Path(cfg.results_dir) / task
-    return path / "dry_run" if task == "train" and cfg.train.is_dry_run else path
+    section = getattr(cfg, task, None)
+    dry_run = task == "train" and bool(cfg.train.is_dry_run)
+    return results_dir_of(task, getattr(section, "results_dir", None), cfg.results_dir, dry_run)
+
+
+def results_dir_of(task: str, own: str | None, top: str | None, dry_run: bool) -> Path | None:
+    """The rule of :func:`task_results_dir` on raw values (also for a spec that failed to load);
+    None when neither results_dir is set."""
+    if own:
+        path = Path(own)
+    elif top:
+        path = Path(top) / task
+    else:
+        return None
+    return path / "dry_run" if dry_run else path
 
 
 def prepare_results_dir(path: Path) -> Path:
