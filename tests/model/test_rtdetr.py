@@ -147,3 +147,47 @@ def test_position_embedding_orders():
     for k in range(h * w):  # true position: row k // W, column k % W
         a, b = (k // w) * omega, (k % w) * omega
         assert torch.allclose(emb[k], torch.cat([a.sin(), a.cos(), b.sin(), b.cos()]), atol=1e-6)
+
+
+def test_channels_last_norms_get_contiguous_gradients(tiny_model, make_targets):
+    """Every BatchNorm of a channels-last model gets its gradient channels-last contiguous: the maps
+    that are concatenated next (the input projections) get a slice of the concatenation's gradient
+    otherwise, which ATen's CPU batch-norm backward handles several times slower."""
+    from torch import nn
+
+    from rtdetr.engine.model_setup import use_channels_last
+
+    model = tiny_model(num_feature_levels=4, backbone="resnet_18").train()
+    use_channels_last(model)
+    layouts = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.BatchNorm2d):
+
+            def record(mod, args, out, name=name):
+                out.register_hook(
+                    lambda g: layouts.__setitem__(name, g.is_contiguous(memory_format=torch.channels_last))
+                )
+
+            module.register_forward_hook(record)
+    images = torch.rand(2, 3, 128, 128).contiguous(memory_format=torch.channels_last)
+    out = model(images, make_targets(2, model.decoder.num_classes))
+    plain = sum(v.sum() for k, v in out.items() if torch.is_tensor(v))
+    plain.backward()
+    assert "decoder.input_proj.3.norm" in layouts and "encoder.input_proj.0.1" in layouts
+    assert [name for name, ok in layouts.items() if not ok] == []
+
+
+def test_contiguous_grad_keeps_values_and_hands_on_contiguous_gradients():
+    from rtdetr.model.layers import contiguous_grad
+
+    x = torch.rand(2, 4, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = contiguous_grad(x)
+    assert torch.equal(y, x)
+    seen = []
+    y.register_hook(lambda g: seen.append(g.is_contiguous(memory_format=torch.channels_last)))
+    x.register_hook(lambda g: seen.append(g.is_contiguous(memory_format=torch.channels_last)))
+    (torch.cat([y, y * 2], 1) * torch.arange(8.0).reshape(1, 8, 1, 1)).sum().backward()
+    assert seen == [False, True]  # a slice of the concatenation's gradient, made contiguous
+    assert torch.equal(x.grad[:, :, 0, 0], (torch.arange(4.0) + 2 * torch.arange(4.0, 8.0)).expand(2, 4))
+    with torch.no_grad():
+        assert contiguous_grad(x) is x

@@ -19,7 +19,7 @@ from torch import nn
 from rtdetr.errors import UserError
 from rtdetr.model.deform_attn import MSDeformableAttention
 from rtdetr.model.denoising import contrastive_denoising_group, inverse_sigmoid
-from rtdetr.model.layers import get_activation
+from rtdetr.model.layers import contiguous_grad, get_activation
 
 ANCHOR_EPS = 1e-2
 ANCHOR_GRID_SIZE = 0.05
@@ -262,6 +262,7 @@ class RTDETRDecoder(nn.Module):
         srcs = [proj(feat) for proj, feat in zip(self.input_proj, feats)]
         for proj in self.input_proj[len(feats) :]:
             srcs.append(proj(feats[-1] if len(srcs) == len(feats) else srcs[-1]))
+        srcs = [contiguous_grad(s) for s in srcs]  # their gradients: slices of the concatenation's
         shapes = [(s.shape[2], s.shape[3]) for s in srcs]  # traced sizes stay symbolic in ONNX export
         return torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], dim=1), shapes
 

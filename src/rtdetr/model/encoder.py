@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtdetr.model.layers import ConvNormLayer, act_, add_, get_activation
+from rtdetr.model.layers import ConvNormLayer, act_, add_, contiguous_grad, get_activation
 
 PE_ORDERS = ("w_major", "h_major")
 
@@ -223,7 +223,8 @@ class HybridEncoder(nn.Module):
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         if len(feats) != len(self.in_channels):
             raise ValueError(f"expected {len(self.in_channels)} feature maps, got {len(feats)}")
-        proj = [proj_layer(feat) for proj_layer, feat in zip(self.input_proj, feats)]
+        # (their gradients come back as slices of the concatenations below: see contiguous_grad)
+        proj = [contiguous_grad(proj_layer(feat)) for proj_layer, feat in zip(self.input_proj, feats)]
 
         if self.num_encoder_layers > 0:
             for encoder, idx in zip(self.encoder, self.use_encoder_idx):

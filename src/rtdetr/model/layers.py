@@ -46,6 +46,36 @@ def add_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x.add_(y) if _inplace_ok() and x.shape == torch.broadcast_shapes(x.shape, y.shape) else x + y
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on its gradient contiguous in the forward input's layout."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        channels_last = (
+            x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        )
+        ctx.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous(memory_format=ctx.memory_format)
+
+
+def contiguous_grad(x: torch.Tensor) -> torch.Tensor:
+    """`x`, whose gradient arrives contiguous in x's memory format. For a map that is concatenated (or
+    sliced) next: the concatenation's backward gives each input a strided slice of its gradient, and
+    ATen's CPU batch-norm backward on a channels-last input with such a gradient is several times
+    slower (17 against 5 ms at [4, 256, 40, 40]) than on a contiguous copy (~1 ms)."""
+    if (
+        not (x.requires_grad and torch.is_grad_enabled())
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+    ):
+        return x
+    return _ContiguousGrad.apply(x)
+
+
 class ConvNormLayer(nn.Module):
     """Conv2d (no bias, 'same' padding for odd kernels) -> BatchNorm2d -> activation."""
 
