@@ -191,3 +191,31 @@ def test_contiguous_grad_keeps_values_and_hands_on_contiguous_gradients():
     assert torch.equal(x.grad[:, :, 0, 0], (torch.arange(4.0) + 2 * torch.arange(4.0, 8.0)).expand(2, 4))
     with torch.no_grad():
         assert contiguous_grad(x) is x
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_denoising_self_attention_equals_one_masked_attention(make_targets, dropout):
+    """The two-part self-attention of a denoising batch computes what nn.MultiheadAttention does
+    with the denoising group's mask, forward and backward; its dropout applies in training."""
+    from torch import nn
+
+    from rtdetr.model.decoder import denoising_self_attention
+    from rtdetr.model.denoising import contrastive_denoising_group
+
+    torch.manual_seed(0)
+    dn = contrastive_denoising_group(make_targets(3, 5), 5, 20, nn.Embedding(6, 32), num_denoising=12)
+    num_dn = dn.meta["dn_num_split"][0]
+    assert dn.attn_mask[num_dn:, :num_dn].all() and not dn.attn_mask[num_dn:, num_dn:].any()
+    attn = nn.MultiheadAttention(32, 4, batch_first=True, dropout=dropout).eval()
+    qk = torch.randn(3, num_dn + 20, 32, requires_grad=True)
+    value = torch.randn(3, num_dn + 20, 32, requires_grad=True)
+    ref = attn(qk, qk, value, attn_mask=dn.attn_mask, need_weights=False)[0]
+    ours = denoising_self_attention(attn, qk, value, dn.attn_mask, num_dn)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad((ref * ref).sum(), [qk, value, attn.in_proj_weight])
+    ours_grads = torch.autograd.grad((ours * ours).sum(), [qk, value, attn.in_proj_weight])
+    for a, b in zip(ours_grads, grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    if dropout:  # training: dropout applies, so outputs differ between draws
+        attn.train()
+        assert not torch.equal(denoising_self_attention(attn, qk, value, dn.attn_mask, num_dn), ours)
