@@ -114,6 +114,51 @@ def test_optimizers(model, kind):
         assert not torch.allclose(a, w) and torch.allclose(a, b, atol=1e-7)
 
 
+@pytest.mark.parametrize("kind", ["AdamW", "SGD"])
+def test_fused_step_updates_channels_last_weights_in_place(kind):
+    """The fused CPU step on channels-last weights: the same update to the bit as torch's own fused
+    optimizer, no copy of any tensor, and the usual shapes and layouts between steps (a closure
+    that runs the backward, as Lightning passes one, sees them too)."""
+    from torch.profiler import profile
+
+    runs = []
+    for ours in (True, False):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(8, 16, 3), nn.Conv2d(16, 4, 1)).to(memory_format=torch.channels_last)
+        groups = [{"params": list(net.parameters())}]
+        extra = {"betas": (0.8, 0.999)} if kind == "AdamW" else {"momentum": 0.8}
+        if ours:
+            opt = build_optimizer(groups, optimizer=kind, lr=1e-2, momentum=0.8, weight_decay=1e-4)
+        else:
+            opt = getattr(torch.optim, kind)(groups, lr=1e-2, weight_decay=1e-4, fused=True, **extra)
+        x = torch.rand(2, 8, 9, 9).contiguous(memory_format=torch.channels_last)
+
+        def closure(opt=opt, net=net, x=x):
+            opt.zero_grad()
+            assert net[0].weight.shape == (16, 8, 3, 3)  # the usual shape while the model runs
+            loss = net(x).square().mean()
+            loss.backward()
+            return loss
+
+        for _ in range(3):
+            opt.step(closure)
+        closure()
+        with profile() as prof:  # the update alone
+            opt.step()
+        copies = [e.key for e in prof.key_averages() if e.key in ("aten::contiguous", "aten::clone")]
+        runs.append((net, opt, copies))
+    (ours, ours_opt, ours_copies), (ref, ref_opt, ref_copies) = runs
+    assert ref_copies and not ours_copies  # torch's kernel copies channels-last gradients; ours does not
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        assert torch.equal(a, b) and a.shape == b.shape and a.stride() == b.stride()
+    weight = ours[0].weight
+    for key, value in ours_opt.state[weight].items():
+        if value.dim() == 4:
+            assert value.shape == weight.shape and value.is_contiguous(memory_format=torch.channels_last), key
+            assert torch.equal(value, ref_opt.state[ref[0].weight][key])
+    assert ours_opt.state_dict()["state"][0].keys() == ref_opt.state_dict()["state"][0].keys()
+
+
 def test_step_schedule_multistep_steplr_warmup():
     multi = StepSchedule(steps_per_epoch=10, kind="MultiStep", milestones=[2, 4], decay=0.1, warmup_steps=5)
     assert [multi(s) for s in (0, 4, 5, 19, 20, 39, 40)] == pytest.approx(
