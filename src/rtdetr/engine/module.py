@@ -45,8 +45,8 @@ class DetectionModule(L.LightningModule):
     Batches are (images [B, 3, H, W] in [0, 1], targets): per image "labels" [N], "boxes" [N, 4]
     normalised cxcywh, "image_id", "orig_size" (h, w) and "canvas_size" (h, w) (the original-pixel
     size the normalised boxes refer to). ``label_to_category`` maps logit index -> dataset category
-    id (None: identity). ``frozen`` names submodules of ``model`` that do not train (their norm and dropout layers
-    kept in eval mode).
+    id (None: identity). ``frozen`` names submodules of ``model`` that do not train (their norm and
+    dropout layers kept in eval mode).
     """
 
     def __init__(
@@ -86,8 +86,9 @@ class DetectionModule(L.LightningModule):
 
     def train(self, mode: bool = True):
         """Frozen submodules (train.freeze, the backbone when model.train_backbone is false) keep their
-        norm and dropout layers in eval mode: their BatchNorm statistics do not drift nor their dropout apply, so a frozen part
-        computes the same function throughout training and its checkpointed tensors stay as loaded."""
+        norm and dropout layers in eval mode: their BatchNorm statistics do not drift nor their
+        dropout apply, so a frozen part computes the same function throughout training and its
+        checkpointed tensors stay as loaded."""
         super().train(mode)
         if mode:  # only their norm and dropout layers: the decoder's own mode also decides its outputs
             for frozen in self._frozen_modules:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from rtdetr.errors import UserError
+from rtdetr.model.layers import channels_last_dense
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +116,6 @@ def build_optimizer(
         return kind(groups, lr=lr, weight_decay=weight_decay, **kwargs)
 
 
-def _channels_last_dense(t: torch.Tensor) -> bool:
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-
-
 def _as_nhwc(t: torch.Tensor) -> None:
     """A channels-last [O, I, kh, kw] tensor becomes the contiguous [O, kh, kw, I] one with the same memory."""
     o, i, h, w = t.shape
@@ -157,10 +154,10 @@ class InPlaceChannelsLast:
             try:
                 for group in self.param_groups:
                     for p in group["params"]:
-                        if p.grad is None or not _channels_last_dense(p) or p.device.type != "cpu":
+                        if p.grad is None or not channels_last_dense(p) or p.device.type != "cpu":
                             continue
                         tensors = [p, p.grad, *self._state_tensors(p)]
-                        if all(_channels_last_dense(t) and t.shape == p.shape for t in tensors):
+                        if all(channels_last_dense(t) and t.shape == p.shape for t in tensors):
                             for t in tensors:
                                 _as_nhwc(t)
                             viewed.append(p)

@@ -138,7 +138,7 @@ class TransformerDecoderLayer(nn.Module):
         With ``num_denoising``, the first that many queries are denoising ones and ``attn_mask`` is
         the denoising group's (see denoising_self_attention)."""
         q = k = tgt + query_pos
-        if num_denoising and attn_mask is not None:
+        if num_denoising:
             attn = denoising_self_attention(self.self_attn, q, tgt, attn_mask, num_denoising)
         else:
             attn = self.self_attn(q, k, value=tgt, attn_mask=attn_mask, need_weights=False)[0]

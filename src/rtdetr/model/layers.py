@@ -46,15 +46,17 @@ def add_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x.add_(y) if _inplace_ok() and x.shape == torch.broadcast_shapes(x.shape, y.shape) else x + y
 
 
+def channels_last_dense(t: torch.Tensor) -> bool:
+    """A 4-d tensor laid out channels-last without gaps (and not also plain contiguous)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
 class _ContiguousGrad(torch.autograd.Function):
     """Identity whose backward hands on its gradient contiguous in the forward input's layout."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        channels_last = (
-            x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        )
-        ctx.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        ctx.memory_format = torch.channels_last if channels_last_dense(x) else torch.contiguous_format
         return x.view_as(x)
 
     @staticmethod

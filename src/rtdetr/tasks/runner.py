@@ -69,7 +69,7 @@ def results_dir_of(task: str, own: str | None, top: str | None, dry_run: bool) -
     None when neither results_dir is set."""
     if own:
         path = Path(own)
-    elif top:
+    elif top is not None:
         path = Path(top) / task
     else:
         return None
