@@ -3,6 +3,25 @@
 from __future__ import annotations
 
 
+def abbreviate(text: object, limit: int = 60) -> str:
+    """``text`` fit to quote in a one-line message.
+
+    Characters that are not printable (line breaks, tabs, control and zero-width characters) are
+    escaped as in a Python string literal; past ``limit`` characters the rest is cut off and "..."
+    appended.
+    """
+    text = str(text)
+    out: list[str] = []
+    length = 0
+    for char in text:
+        piece = char if char.isprintable() else repr(char)[1:-1]
+        if length + len(piece) > limit:
+            return "".join(out) + "..."
+        out.append(piece)
+        length += len(piece)
+    return "".join(out)
+
+
 class UserError(Exception):
     """A problem with the user's input (spec, files, data): reported in one line, exit status 2.
 

@@ -35,31 +35,49 @@ def test_missing_top_level_key(make_coco, key):
         load_coco(path, image_dir, num_classes=4)
 
 
-@pytest.mark.parametrize(
-    ("images", "annotations", "message"),
-    [
-        ([{"id": 1}, {"id": 2, "file_name": None}], [], None),
-        ([{"id": 1}], [{"image_id": 1, "category_id": 1}], r"annotations\[0\] \(id 1\) has no 'bbox'"),
-        (
-            [{"id": 1}],
-            [{"image_id": 1, "bbox": [0, 0, 1, 1]}],
-            r"annotations\[0\] \(id 1\) has no 'category_id'",
-        ),
-        (
-            [{"id": 1}],
-            [{"category_id": 1, "bbox": [0, 0, 1, 1]}],
-            r"annotations\[0\] \(id 1\) has no 'image_id'",
-        ),
-    ],
-)
-def test_missing_record_key_names_file_and_record(make_coco, images, annotations, message):
-    path, image_dir = make_coco(images, annotations, write_images=False)
+def test_records_missing_keys_are_skipped_and_counted(make_coco):
+    """An image without file_name (or null, or an id "seven"), an annotation without bbox,
+    category_id or image_id, a category without id: each is skipped and counted, the rest is read."""
+    images = [{"id": 1}, {"id": 2}, {"id": 3}, {"id": 4}]
+    anns = [
+        {"image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]},  # kept
+        {"image_id": 1, "category_id": 1},  # no bbox
+        {"image_id": 1, "bbox": [1, 1, 5, 5]},  # no category_id
+        {"category_id": 1, "bbox": [1, 1, 5, 5]},  # no image_id
+        {"image_id": "seven", "category_id": 1, "bbox": [1, 1, 5, 5]},  # of the image "seven"
+        {"image_id": 1, "category_id": 2, "bbox": [1, 1, 5, 5]},  # of the category without id
+    ]
+    categories = [{"id": 1, "name": "c1"}, {"name": "no id"}, {"id": "two", "name": "c2"}]
+    path, image_dir = make_coco(images, anns, categories)
     data = json.loads(path.read_text())
-    if message is None:  # an image without file_name
-        del data["images"][1]["file_name"]
-        message = r"ann.json: images\[1\] \(id 2\) has no 'file_name'"
+    del data["images"][1]["file_name"]
+    data["images"][2]["file_name"] = None
+    data["images"][3]["id"] = "seven"
+    data["images"].append(["not", "an", "object"])
+    data["annotations"].append("not an object")
     path.write_text(json.dumps(data))
-    with pytest.raises(UserError, match=message):
+    source = load_coco(path, image_dir, num_classes=4)
+    assert [r["image_id"] for r in source.records] == [1]
+    assert source.records[0]["labels"] == [1]
+    assert dict(source.report.counts) == {
+        coco.INVALID_IMAGE: 4, coco.INVALID_CATEGORY: 2, coco.MISSING_BOX: 1, coco.MISSING_CATEGORY: 1,
+        coco.INVALID_ANNOTATION: 2, coco.UNKNOWN_IMAGE: 1, coco.UNKNOWN_CATEGORY: 1,
+    }  # fmt: skip
+    assert "images[3] (id 'seven', file_name 'img4.png')" in "\n".join(source.report.log_lines())
+
+
+def test_nothing_usable_left_is_one_line(make_coco):
+    path, image_dir = make_coco([{"id": 1}], [])
+    data = json.loads(path.read_text())
+    data["images"][0]["file_name"] = None
+    data["images"][0]["id"] = "x" * 100_000
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"no usable image of 1: 1 x image without an integer id") as info:
+        load_coco(path, image_dir, num_classes=4)
+    assert len(str(info.value)) < 400 and "\n" not in str(info.value)
+    data["categories"] = [{"name": "no id"}]
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="none of the 1 categories has an integer id"):
         load_coco(path, image_dir, num_classes=4)
 
 
@@ -262,7 +280,7 @@ def test_odd_values_are_skipped_or_read_as_meant(make_coco, tmp_path):
 
 
 def test_ids_beyond_int64_and_files_that_are_not_utf8(make_coco, tmp_path):
-    with pytest.raises(UserError, match=r"images\[0\] has id 1e\+20, expected an integer"):
+    with pytest.raises(UserError, match=r"no usable image of 1: 1 x image without an integer id"):
         load_coco(*make_coco([{"id": 1e20}], []), num_classes=4)
     latin = tmp_path / "latin.json"
     latin.write_bytes(

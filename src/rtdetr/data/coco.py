@@ -24,7 +24,7 @@ from typing import Any
 from PIL import Image
 
 from rtdetr.data.mscoco import MSCOCO_CATEGORY_IDS
-from rtdetr.errors import UserError
+from rtdetr.errors import UserError, abbreviate
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,11 @@ CROWD_BOX = "crowd box (kept aside, not a training target)"
 UNREADABLE_SIZE = "image size unknown and header unreadable (image dropped)"
 SIZE_FROM_FILE = "width/height not positive integers (read from the image file)"
 INVALID_CROWD = "iscrowd is not 0 or 1 (annotation dropped)"
+INVALID_CATEGORY = "category without an integer id >= 0 (dropped, with its annotations)"
+INVALID_IMAGE = "image without an integer id or a file_name string (image dropped)"
+INVALID_ANNOTATION = "annotation is not an object or has no image_id (dropped)"
+MISSING_CATEGORY = "annotation without category_id (dropped)"
+MISSING_BOX = "annotation without bbox (dropped)"
 
 
 @dataclass
@@ -170,13 +175,9 @@ def _read_json(json_file: Path) -> dict:
     return data
 
 
-def _require(json_file: Path, section: str, index: int, item: Any, keys: Sequence[str]) -> None:
-    if not isinstance(item, dict):
-        raise UserError(f"{json_file}: {section}[{index}] is not an object")
-    for key in keys:
-        if key not in item:
-            ident = f" (id {item['id']})" if "id" in item else ""
-            raise UserError(f"{json_file}: {section}[{index}]{ident} has no '{key}'")
+def _show(value: Any) -> str:
+    """A value of the file for a report line: its repr, abbreviated."""
+    return abbreviate(repr(value), 60)
 
 
 def _as_id(value: Any) -> int | None:
@@ -250,32 +251,38 @@ def load_coco(
         raise UserError(f"{json_file}: 'categories' is empty: no class to train or evaluate")
     categories: dict[int, str] = {}
     for i, cat in enumerate(data["categories"]):
-        _require(json_file, "categories", i, cat, ("id",))
-        category_id = _as_id(cat["id"])
+        category_id = _as_id(cat.get("id")) if isinstance(cat, dict) else None
         if category_id is None or category_id < 0:
-            raise UserError(f"{json_file}: categories[{i}] has id {cat['id']!r}, expected an integer >= 0")
+            shown = _show(cat.get("id")) if isinstance(cat, dict) else f"a {type(cat).__name__}"
+            report.add(INVALID_CATEGORY, f"{json_file.name} categories[{i}] (id {shown})")
+            continue
         name = str(cat.get("name", f"class_{category_id}"))
         if categories.setdefault(category_id, name) != name:
             raise UserError(
                 f"{json_file}: categories[{i}] repeats id {category_id} with another name "
-                f"({categories[category_id]!r}, then {name!r})"
+                f"({abbreviate(categories[category_id], 40)!r}, then {abbreviate(name, 40)!r})"
             )
+    if not categories:
+        raise UserError(
+            f"{json_file}: none of the {len(data['categories'])} categories has an integer id >= 0: "
+            "no class to train or evaluate"
+        )
     _check_num_classes(json_file, categories, num_classes, remap_mscoco_category)
     to_label = category_to_label(categories, remap_mscoco_category)
 
     records: dict[int, dict[str, Any]] = {}
     dropped: set[Any] = set()  # ids of images dropped above: their annotations go silently
     for i, img in enumerate(data["images"]):
-        _require(json_file, "images", i, img, ("id", "file_name"))
-        image_id, file_name = _as_id(img["id"]), img["file_name"]
-        if image_id is None:
-            raise UserError(f"{json_file}: images[{i}] has id {img['id']!r}, expected an integer")
-        if not isinstance(file_name, str):
-            raise UserError(
-                f"{json_file}: images[{i}] (id {image_id}) has file_name {file_name!r}, expected a string"
-            )
+        if not isinstance(img, dict):
+            report.add(INVALID_IMAGE, f"{json_file.name} images[{i}] (a {type(img).__name__})")
+            continue
+        image_id, file_name = _as_id(img.get("id")), img.get("file_name")
+        if image_id is None or not isinstance(file_name, str) or not file_name:
+            detail = f"id {_show(img.get('id'))}, file_name {_show(file_name)}"
+            report.add(INVALID_IMAGE, f"{json_file.name} images[{i}] ({detail})")
+            continue
         if image_id in records or image_id in dropped:
-            report.add(DUPLICATE_IMAGE, f"{json_file.name} image {image_id} ({file_name})")
+            report.add(DUPLICATE_IMAGE, f"{json_file.name} image {image_id} ({abbreviate(file_name, 80)})")
             continue
         path = os.path.join(image_dir, file_name)
         if check_files and not os.path.isfile(path):
@@ -302,22 +309,32 @@ def load_coco(
         }  # fmt: skip
 
     for i, ann in enumerate(data["annotations"]):
-        _require(json_file, "annotations", i, ann, ("image_id", "category_id", "bbox"))
-        where = f"{json_file.name} annotation {ann.get('id', f'[{i}]')} of image {ann['image_id']}"
+        if not isinstance(ann, dict) or "image_id" not in ann:
+            shown = f"id {_show(ann.get('id'))}" if isinstance(ann, dict) else f"a {type(ann).__name__}"
+            report.add(INVALID_ANNOTATION, f"{json_file.name} annotations[{i}] ({shown})")
+            continue
+        ident = _show(ann["id"]) if "id" in ann else f"[{i}]"
+        where = f"{json_file.name} annotation {ident} of image {_show(ann['image_id'])}"
         image_id = _as_id(ann["image_id"])
         record = records.get(image_id)
         if record is None:
             if image_id not in dropped:
                 report.add(UNKNOWN_IMAGE, where)
             continue
+        if "category_id" not in ann:
+            report.add(MISSING_CATEGORY, where)
+            continue
+        if "bbox" not in ann:
+            report.add(MISSING_BOX, where)
+            continue
         category_id = _as_id(ann["category_id"])
         label = None if category_id is None else to_label.get(category_id)
         if label is None:
-            report.add(UNKNOWN_CATEGORY, f"{where} (category_id {ann['category_id']!r})")
+            report.add(UNKNOWN_CATEGORY, f"{where} (category_id {_show(ann['category_id'])})")
             continue
         crowd = _crowd_flag(ann.get("iscrowd", 0))
         if crowd is None:
-            report.add(INVALID_CROWD, f"{where} (iscrowd {ann['iscrowd']!r})")
+            report.add(INVALID_CROWD, f"{where} (iscrowd {_show(ann['iscrowd'])})")
             continue
         box = _clip_box(ann["bbox"], record["width"], record["height"], report, where)
         if box is None:
@@ -362,7 +379,7 @@ def _check_num_classes(json_file: Path, categories: dict[int, str], num_classes:
 def _clip_box(bbox: Any, width: int, height: int, report: SkipReport, where: str) -> list[float] | None:
     """COCO [x, y, w, h] -> [x1, y1, x2, y2] clipped to the image, or None (reason reported)."""
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_finite_number(v) for v in bbox):
-        report.add(INVALID_BOX, f"{where} (bbox {bbox!r})")
+        report.add(INVALID_BOX, f"{where} (bbox {_show(bbox)})")
         return None
     x, y, w, h = (float(v) for v in bbox)
     if w <= 0 or h <= 0:
