@@ -14,8 +14,6 @@ import dataclasses
 import inspect
 import logging
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from typing import Any
 import torch
 
 from rtdetr.errors import UserError
-from rtdetr.fileio import atomic_write, looks_like_onnx
+from rtdetr.fileio import atomic_write, torch_load_weights
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +58,16 @@ def model_kwargs(model_section: dict, num_classes: int) -> dict:
     return kwargs
 
 
-def build_from_metadata(meta: ModelMetadata, load_pretrained_backbone: bool = False) -> torch.nn.Module:
-    """A fresh model with the architecture the metadata describes."""
+def build_from_metadata(
+    meta: ModelMetadata, load_pretrained_backbone: bool = False, training: bool = False
+) -> torch.nn.Module:
+    """A fresh model with the architecture the metadata describes; UserError before anything is
+    allocated when the section is out of the spec's bounds or the model cannot fit in this machine's
+    memory (``training``: with its gradients and AdamW moments)."""
+    from rtdetr.model.budget import check_model_budget
     from rtdetr.model.factory import build_model
 
+    check_model_budget(meta.model, meta.num_classes, training=training)
     kwargs = model_kwargs(meta.model, meta.num_classes)
     if not load_pretrained_backbone:
         kwargs.pop("pretrained_backbone_path", None)
@@ -94,16 +98,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if path.is_dir():
         raise UserError(f"{path}: is a directory, expected a checkpoint file (.pth)")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError) as exc:
-        if looks_like_onnx(path):
-            raise UserError(
-                f"{path}: an ONNX model, not a checkpoint: run it as evaluate.trt_engine / "
-                "inference.trt_engine, or with Detector.from_file"
-            ) from exc
-        # torch's first sentence (its advice to load with weights_only=False is unsafe for a user)
-        first = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable checkpoint (corrupt, truncated or unsafe): {first}") from exc
+        data = torch_load_weights(path, "checkpoint")
+    except UserError as exc:  # "checkpoint: <path>: why" -> "<path>: why"
+        raise UserError(str(exc).removeprefix("checkpoint: ")) from exc
     if not isinstance(data, dict) or "rtdetr" not in data or "state_dict" not in data:
         raise UserError(
             f"{path}: not an rtdetr checkpoint (no model metadata); "

@@ -14,6 +14,7 @@ from rtdetr.checkpoint import ModelMetadata, build_from_metadata, save_checkpoin
 from rtdetr.config.schema import ModelConfig
 from rtdetr.data.mscoco import MSCOCO_CATEGORY_IDS, MSCOCO_NAMES
 from rtdetr.errors import UserError
+from rtdetr.fileio import torch_load_weights
 from rtdetr.model.convert_hf import (
     hf_state_dict_to_ours,
     model_args_from_hf_config,
@@ -117,12 +118,7 @@ def convert_original(
 ) -> Path:
     """A checkpoint of the original RT-DETR code -> our checkpoint, built with ``model_section``."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for a bad file
-        raise UserError(f"{path}: not a readable checkpoint: {str(exc).splitlines()[0]}") from exc
+    raw = torch_load_weights(path, "--original")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a state dict (plain, or under 'model' or 'ema')")
     state = original_state_dict_to_ours(raw)

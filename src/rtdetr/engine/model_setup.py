@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from rtdetr.checkpoint import STATE_PREFIX
 from rtdetr.errors import UserError
+from rtdetr.fileio import torch_load_weights
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,7 @@ def load_pretrained_model(model: nn.Module, path: str | os.PathLike) -> LoadRepo
 
     Takes our checkpoints and plain state dicts (also under "model", "state_dict" or "ema.module").
     """
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise UserError(f"train.pretrained_model_path: {path}: file not found") from exc
-    except Exception as exc:  # torch raises many kinds for a bad file
-        raise UserError(f"train.pretrained_model_path: {path}: not a readable checkpoint: {exc}") from exc
+    data = torch_load_weights(path, "train.pretrained_model_path")
     state = data
     if isinstance(data, dict) and isinstance(data.get("ema"), dict):
         state = data["ema"].get("module", data["ema"])

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from rtdetr.errors import UserError
+from rtdetr.fileio import load_error_reason, torch_load_weights
 from rtdetr.model.backbones.presnet import PResNet
 from rtdetr.model.backbones.resnet import ResNet
 
@@ -88,14 +89,14 @@ class LoadReport:
         )
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, setting: str = "weights") -> dict[str, torch.Tensor]:
     """Tensors of a .pth/.pt/.ckpt or .safetensors file, unwrapped from "state_dict"/"model"/"module"."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = torch_load_weights(path, setting)
     while isinstance(obj, Mapping):
         inner = next(
             (obj[k] for k in ("state_dict", "model", "module") if isinstance(obj.get(k), Mapping)), None
@@ -121,9 +122,11 @@ def load_pretrained_backbone(
         if not Path(source).is_file():
             raise UserError(f"{setting}: {source}: file not found")
         try:
-            state = read_state_dict(source)
-        except Exception as exc:  # torch and safetensors raise many kinds for a bad file
-            raise UserError(f"{setting}: {source}: not a readable checkpoint: {exc}") from exc
+            state = read_state_dict(source, setting)
+        except UserError:
+            raise
+        except Exception as exc:  # safetensors raises many kinds for a bad file
+            raise UserError(f"{setting}: {source}: {load_error_reason(exc)}") from exc
     else:
         state = dict(source)
     own = backbone.state_dict()
