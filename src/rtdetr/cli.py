@@ -14,6 +14,8 @@ from rtdetr.errors import SpecError, UserError
 
 log = logging.getLogger("rtdetr.cli")
 
+MAX_INFO_SIZE = 16384  # rtdetr info --size: FLOPs are counted on shapes alone, but a bound keeps them sane
+
 TASK_HELP = {
     "train": "train a model on COCO-format data",
     "evaluate": "compute COCO metrics of a model on the test data",
@@ -123,17 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="a checkpoint instead of a spec")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the spec")
     p.add_argument(
-        "--size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: eval_spatial_size)"
-    )
+        "--size", type=int, nargs=2, metavar=("H", "W"),
+        help=f"input size, multiples of 32 up to {MAX_INFO_SIZE} (default: eval_spatial_size)",
+    )  # fmt: skip
     _common_flags(p, suppress=True)
     return parser
 
 
 def _emit(text: str, output: str | None) -> None:
     if output:
-        from rtdetr.fileio import atomic_write_text
+        from rtdetr.fileio import atomic_write_text, check_output_file
 
-        atomic_write_text(output, text)
+        check_output_file(output, "-o", True, "")
+        try:
+            atomic_write_text(output, text)
+        except OSError as exc:
+            raise UserError(f"-o: {output}: cannot write: {exc.strerror or exc}") from exc
         log.info("wrote %s", output)
     else:
         sys.stdout.write(text)
@@ -168,6 +175,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from rtdetr import convert
+    from rtdetr.fileio import check_output_file
+    from rtdetr.tasks.files import check_outputs_not_inputs
+
+    check_outputs_not_inputs(
+        {"--hf": args.hf, "--original": args.original, "--class-names": args.class_names, "-e": args.spec},
+        {"-o": args.output},
+    )
+    check_output_file(args.output, "-o", True, "")
 
     if args.hf:
         if args.preset or args.spec or args.class_names:
@@ -200,6 +215,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     if bool(args.spec) == bool(args.checkpoint):
         raise UserError("give either -e SPEC or --checkpoint PATH")
+    if args.size and any(s <= 0 or s % 32 or s > MAX_INFO_SIZE for s in args.size):
+        raise UserError(
+            f"--size {args.size[0]} {args.size[1]}: height and width must be positive multiples of 32 "
+            f"up to {MAX_INFO_SIZE}"
+        )
     if args.checkpoint:
         meta = ModelMetadata.from_dict(read_checkpoint(args.checkpoint)["rtdetr"])
     else:
@@ -266,8 +286,7 @@ def cmd_task(args: argparse.Namespace) -> int:
 def _record_spec_failure(args: argparse.Namespace, exc: SpecError) -> None:
     """A FAILURE line for a bad spec, when the spec names its results directory explicitly."""
     from rtdetr.config.loader import apply_overrides, read_spec_file
-    from rtdetr.status import StatusLogger
-    from rtdetr.tasks.runner import results_dir_of
+    from rtdetr.tasks.runner import record_refusal, results_dir_of
 
     try:
         raw = apply_overrides(read_spec_file(args.spec), args.overrides)
@@ -280,12 +299,9 @@ def _record_spec_failure(args: argparse.Namespace, exc: SpecError) -> None:
             top if isinstance(top, str) else None,
             dry_run,
         )
-        if target is None:
-            return
-        more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
-        StatusLogger(target).write("FAILURE", f"{exc.kind}: {exc.problems[0]}{more}")
     except (UserError, OSError):
         return
+    record_refusal(target, args.command, exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,11 +10,13 @@ from rtdetr.config import ExperimentConfig
 from rtdetr.errors import UserError
 from rtdetr.fileio import atomic_write_text
 from rtdetr.status import StatusLogger
+from rtdetr.tasks.files import TaskFiles
 
 log = logging.getLogger(__name__)
 
 RESULTS_JSON = "results.json"
 PREDICTIONS_JSON = "predictions.json"  # the evaluated detections, a COCO results list
+OWNED = (RESULTS_JSON, PREDICTIONS_JSON, "dataset_issues.log", "plots")
 CONFUSION_CONF = 0.25  # the confusion matrix counts detections at or above max(this, conf_threshold)
 
 
@@ -43,6 +45,16 @@ def keep_host_memory_for_cpu_model(detector) -> None:
 
     if isinstance(detector.backend, TorchBackend) and detector.backend.device.type == "cpu":
         keep_freed_host_memory()
+
+
+def files(cfg: ExperimentConfig) -> TaskFiles:
+    inputs = {
+        "evaluate.trt_engine" if cfg.evaluate.trt_engine else "evaluate.checkpoint": model_file(
+            cfg, "evaluate"
+        ),
+        "dataset.test_data_sources.json_file": cfg.dataset.test_data_sources.json_file,
+    }
+    return TaskFiles(inputs=inputs, owned=OWNED)
 
 
 def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> dict:

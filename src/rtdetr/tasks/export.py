@@ -9,10 +9,20 @@ import torch
 
 from rtdetr.config import ExperimentConfig
 from rtdetr.status import StatusLogger
+from rtdetr.tasks.files import TaskFiles
 
 log = logging.getLogger(__name__)
 
 PARITY_WARN = 1e-3  # ONNX Runtime vs PyTorch on a random batch: warn above this
+
+
+def files(cfg: ExperimentConfig) -> TaskFiles:
+    e = cfg.export
+    outputs = {"export.onnx_file": e.onnx_file}
+    if not e.end_to_end:  # DeepStream's files beside the ONNX file
+        for name in ("labels.txt", "nvinfer_config.txt"):
+            outputs[f"export.onnx_file's {name}"] = Path(e.onnx_file).parent / name
+    return TaskFiles(inputs={"export.checkpoint": e.checkpoint}, outputs=outputs)
 
 
 def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Path:

@@ -11,8 +11,21 @@ from pathlib import Path
 
 from rtdetr.config import ExperimentConfig
 from rtdetr.status import StatusLogger
+from rtdetr.tasks.files import TaskFiles
 
 log = logging.getLogger(__name__)
+
+
+def files(cfg: ExperimentConfig) -> TaskFiles:
+    """The timing cache and the calibration cache are read and written: outputs, so that neither can
+    be the ONNX file, the engine or the other."""
+    g = cfg.gen_trt_engine
+    outputs = {
+        "gen_trt_engine.trt_engine": g.trt_engine,
+        "gen_trt_engine.timing_cache": g.timing_cache,
+        "gen_trt_engine.calibration.cal_cache_file": g.calibration.cal_cache_file,
+    }
+    return TaskFiles(inputs={"gen_trt_engine.onnx_file": g.onnx_file}, outputs=outputs)
 
 
 def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Path:

@@ -9,8 +9,22 @@ from rtdetr.config import ExperimentConfig
 from rtdetr.errors import UserError
 from rtdetr.status import StatusLogger
 from rtdetr.tasks.evaluate import input_size, keep_host_memory_for_cpu_model, model_file
+from rtdetr.tasks.files import TaskFiles
 
 log = logging.getLogger(__name__)
+
+# is_internal puts labels/ and images_annotated/ one folder down
+OWNED = ("detections.json", "labels", "images_annotated", "*/labels", "*/images_annotated")
+
+
+def files(cfg: ExperimentConfig) -> TaskFiles:
+    inputs = {
+        "inference.trt_engine" if cfg.inference.trt_engine else "inference.checkpoint": model_file(
+            cfg, "inference"
+        ),
+        "dataset.infer_data_sources.classmap": cfg.dataset.infer_data_sources.classmap,
+    }
+    return TaskFiles(inputs=inputs, owned=OWNED)
 
 
 def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger):

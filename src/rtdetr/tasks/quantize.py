@@ -6,6 +6,14 @@ from pathlib import Path
 
 from rtdetr.config import ExperimentConfig
 from rtdetr.status import StatusLogger
+from rtdetr.tasks.files import TaskFiles
+
+
+def files(cfg: ExperimentConfig) -> TaskFiles:
+    q = cfg.quantize
+    return TaskFiles(
+        inputs={"quantize.onnx_file": q.onnx_file}, outputs={"quantize.output_file": q.output_file}
+    )
 
 
 def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> dict:

@@ -12,11 +12,19 @@ from pathlib import Path
 
 from rtdetr.config import ExperimentConfig, dump_yaml, spec_to_dict
 from rtdetr.data.coco import ISSUES_LOG
-from rtdetr.errors import UserError
+from rtdetr.errors import NotImplementedTask, UserError
 from rtdetr.fileio import atomic_write, atomic_write_text
 from rtdetr.log import is_rank_zero
 from rtdetr.status import StatusLogger
-from rtdetr.tasks import get_runner
+from rtdetr.tasks import get_runner, task_module
+from rtdetr.tasks.files import (
+    SPEC_FILE,
+    STATUS_FILE,
+    TaskFiles,
+    check_outputs_not_inputs,
+    claim_results_dir,
+    remove_partial_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +74,10 @@ def task_results_dir(cfg: ExperimentConfig, task: str) -> Path:
 
 def results_dir_of(task: str, own: str | None, top: str | None, dry_run: bool) -> Path | None:
     """The rule of :func:`task_results_dir` on raw values (also for a spec that failed to load);
-    None when neither results_dir is set."""
+    None when neither results_dir is set (an empty top-level one is refused by the spec's rules)."""
     if own:
         path = Path(own)
-    elif top is not None:
+    elif top is not None and top.strip():
         path = Path(top) / task
     else:
         return None
@@ -88,10 +96,55 @@ def prepare_results_dir(path: Path) -> Path:
     return path
 
 
+def check_task_files(task: str, cfg: ExperimentConfig, results_dir: Path) -> TaskFiles:
+    """Before anything is written: no output of the task is one of its inputs, and the results folder
+    may take its files (rtdetr.tasks.files); partial files of a killed run there are removed."""
+    try:
+        files = task_module(task).files(cfg)
+    except NotImplementedTask:
+        files = TaskFiles()
+    owned = files.all_owned()
+    in_folder = {
+        f"{task}'s {name}": results_dir / name for name in owned if not any(c in name for c in "*?[")
+    }
+    check_outputs_not_inputs(files.inputs, {**files.outputs, **in_folder})
+    if results_dir.is_dir():
+        claim_results_dir(results_dir, task, owned)
+        if is_rank_zero():
+            remove_partial_files(results_dir, owned)
+    return files
+
+
+def record_refusal(results_dir: Path | None, task: str, exc: UserError) -> None:
+    """A FAILURE line for a run refused before it started (a bad spec, an output that is an input) in
+    the task's results folder: a new or empty folder, or one whose status.json is this task's;
+    nothing otherwise."""
+    if results_dir is None or not is_rank_zero():
+        return
+    try:
+        if results_dir.exists():
+            claim_results_dir(results_dir, task, ())
+            if not (results_dir / STATUS_FILE).exists() and any(results_dir.iterdir()):
+                return
+        results_dir.mkdir(parents=True, exist_ok=True)
+        lines = exc.lines()
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        StatusLogger(results_dir).write("FAILURE", f"{exc.kind}: {lines[0]}{more}")
+    except (UserError, OSError):
+        return
+
+
 def run_task(task: str, cfg: ExperimentConfig) -> Path:
-    """Prepare the results directory, save the resolved spec, run the task with status lines."""
-    results_dir = prepare_results_dir(task_results_dir(cfg, task))
-    spec_file = results_dir / "experiment.yaml"
+    """Check the task's files, prepare the results directory, save the resolved spec, run the task
+    with status lines."""
+    results_dir = task_results_dir(cfg, task)
+    try:
+        check_task_files(task, cfg, results_dir)
+    except UserError as exc:
+        record_refusal(results_dir, task, exc)
+        raise
+    results_dir = prepare_results_dir(results_dir)
+    spec_file = results_dir / SPEC_FILE
     # an earlier run's spec and issue log, put back if this run is refused (bad input)
     earlier = {name: _read_bytes(results_dir / name) for name in (spec_file.name, ISSUES_LOG)}
     if is_rank_zero():
