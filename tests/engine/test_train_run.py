@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import rtdetr
 from rtdetr.checkpoint import load_model, read_checkpoint
@@ -187,8 +188,12 @@ def test_kill_and_resume_ends_with_the_same_weights(small_squares, spec_file, tm
     # may also land between a checkpoint and its latest link, so resume scans when the link is absent)
     load_model(latest_checkpoint(results))
 
+    partial = results / ".model_epoch_001.pth.k3x9q2w7.tmp"  # as a kill inside a checkpoint write leaves
+    if not list(results.glob(".model_epoch_*.tmp")):
+        partial.write_bytes(b"partial")
     assert main(["-q", "train", "-e", str(killed)]) == 0
     assert any("Resuming training" in s["message"] for s in read_status(results))
+    assert not list(results.glob(".*.tmp"))  # the resume removed the partial files of the killed run
     assert list((results / "logs").glob("metrics.part01.csv"))  # the metrics before the kill are kept
     a = read_checkpoint(tmp_path / "straight" / "train" / "model_epoch_002.pth")["state_dict"]
     b = read_checkpoint(results / "model_epoch_002.pth")["state_dict"]
@@ -224,13 +229,26 @@ def test_resume_with_another_batch_size_keeps_epoch_boundaries_and_frozen_parts(
     sgd = cli("train", "-e", spec, "train.num_epochs=3", "train.optim.optimizer=SGD")
     assert sgd.code == 2 and "this spec trains SGD (" in sgd.err, sgd.err
 
-    # resumed with batch 2: 8 steps an epoch; epoch 1 is steps 4-11 at lr, epoch 2 steps 12-19 at lr/10
-    assert main(["-q", "train", "-e", str(spec), "train.num_epochs=3", "dataset.batch_size=2"]) == 0
+    # resumed with batch 2: 8 steps an epoch; epoch 1 is steps 4-11 at lr, epoch 2 steps 12-19 at lr/10;
+    # the lr and weight decay of the resumed spec apply (not the checkpoint's), and the run says so
+    resumed = [
+        "train.num_epochs=3",
+        "dataset.batch_size=2",
+        "train.optim.lr=0.002",
+        "train.optim.weight_decay=0.01",
+    ]
+    assert main(["-q", "train", "-e", str(spec), *resumed]) == 0
     with open(results / "logs" / "metrics.csv") as fh:
         lrs = {int(r["step"]): float(r["lr"]) for r in csv.DictReader(fh) if r.get("lr")}
     assert sorted(lrs) == list(range(4, 20)), sorted(lrs)
-    assert [lrs[s] for s in range(4, 12)] == pytest.approx([1e-3] * 8)
-    assert [lrs[s] for s in range(12, 20)] == pytest.approx([1e-4] * 8)
+    assert [lrs[s] for s in range(4, 12)] == pytest.approx([2e-3] * 8)
+    assert [lrs[s] for s in range(12, 20)] == pytest.approx([2e-4] * 8)
+    message = next(s["message"] for s in read_status(results) if s["message"].startswith("Resuming"))
+    assert "learning rate of the base parameters 0.001 -> 0.002" in message, message
+    assert "weight decay of the base parameters 0.0001 -> 0.01" in message, message
+    groups = read_checkpoint(results / "model_epoch_002.pth")["optimizer_states"][0]["param_groups"]
+    assert {g["name"]: g["weight_decay"] for g in groups}["base"] == 0.01
+    assert yaml.safe_load((results / "experiment.yaml").read_text())["train"]["optim"]["lr"] == 0.002
 
 
 @pytest.mark.parametrize(
@@ -318,6 +336,19 @@ def test_nan_loss_stops_with_epoch_and_step(small_squares, spec_file, tmp_path, 
     assert load_model(results / "model_epoch_000.pth").metadata.num_classes == 3
     last = read_status(results)[-1]
     assert last["status"] == "FAILURE" and last["message"].startswith("Training diverged: ")
+
+
+def test_a_nan_loss_before_any_update_does_not_blame_the_learning_rate(small_squares, spec_file, monkeypatch):
+    import rtdetr.engine.module as module
+
+    real = module.total_loss
+    monkeypatch.setattr(module, "total_loss", lambda losses: real(losses) * float("nan"))
+    spec = spec_file(small_squares, train={"num_epochs": 1}, dataset={"batch_size": 4})
+    from rtdetr.tasks.runner import run_task
+
+    with pytest.raises(module.TrainingDiverged, match=r"at epoch 0, step 0") as info:
+        run_task("train", rtdetr.load_spec(spec, action="train"))
+    assert "before any update" in str(info.value) and "train.optim.lr" not in str(info.value)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

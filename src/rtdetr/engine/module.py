@@ -15,7 +15,7 @@ from rtdetr.checkpoint import ModelMetadata
 from rtdetr.config.schema import OptimConfig
 from rtdetr.engine.metrics import coco_results, evaluate_coco, without_images
 from rtdetr.engine.model_setup import use_channels_last
-from rtdetr.engine.optim import StepSchedule, base_lr, build_optimizer, param_groups
+from rtdetr.engine.optim import StepSchedule, apply_spec_settings, base_lr, build_optimizer, param_groups
 from rtdetr.errors import UserError
 from rtdetr.loss import total_loss
 from rtdetr.model.postprocess import detections_per_image
@@ -113,6 +113,13 @@ class DetectionModule(L.LightningModule):
         if self.seed >= 0:
             seed_everything_for_step(self.seed + self.global_rank * 7919, self.global_step)
 
+    def on_train_start(self) -> None:
+        # a resumed run trains with its spec's optimizer and schedule settings, not the checkpoint's
+        if self.trainer.ckpt_path is not None:
+            apply_spec_settings(
+                self.trainer.optimizers[0], self.lr_schedulers(), self.param_groups(), self.optim
+            )
+
     def on_train_epoch_start(self) -> None:
         self.train()  # Lightning leaves the modes as it finds them: the frozen parts' eval mode is ours
         # the lr schedule's epochs are this run's (see StepSchedule.start_epoch); the lr of the
@@ -134,8 +141,7 @@ class DetectionModule(L.LightningModule):
         if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
             raise TrainingDiverged(
                 f"the training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step} "
-                f"(batch {batch_idx}); the checkpoints written so far are intact. Lower train.optim.lr, "
-                "keep train.clip_grad_norm > 0, or use precision fp32"
+                f"(batch {batch_idx}); the checkpoints written so far are intact. {self._divergence_advice()}"
             )
         batch_size = images.shape[0]
         self.log(
@@ -155,6 +161,20 @@ class DetectionModule(L.LightningModule):
             batch_size=batch_size,
         )
         return loss
+
+    def _divergence_advice(self) -> str:
+        """What to change after a non-finite loss: the learning rate only when updates can be the cause."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            return (
+                "The model's weights hold NaN or infinity: check train.pretrained_model_path, "
+                "model.pretrained_backbone_path or the checkpoint resumed from"
+            )
+        if self.global_step == 0:
+            return (
+                "It came at the first step, before any update, so the learning rate is not the cause: check "
+                "the data (images and boxes) and the model's loss settings"
+            )
+        return "Lower train.optim.lr, keep train.clip_grad_norm > 0, or use precision fp32"
 
     # --------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 import torch
@@ -229,3 +230,77 @@ class StepSchedule:
         if self.warmup_steps > 0 and step < self.warmup_steps:
             factor *= (step + 1) / self.warmup_steps
         return factor
+
+
+# the schedule's settings and the spec fields that set them
+_SCHEDULE_FIELDS = {
+    "kind": "lr_scheduler", "milestones": "lr_steps", "step_size": "lr_step_size", "decay": "lr_decay",
+    "warmup_steps": "warmup_steps",
+}  # fmt: skip
+
+
+def spec_schedule_settings(optim) -> dict:
+    """The StepSchedule settings an OptimConfig gives."""
+    return {
+        "kind": optim.lr_scheduler, "milestones": sorted(int(m) for m in optim.lr_steps),
+        "step_size": int(optim.lr_step_size), "decay": float(optim.lr_decay),
+        "warmup_steps": int(optim.warmup_steps),
+    }  # fmt: skip
+
+
+def _momentum(group: dict) -> float | None:
+    return group["betas"][0] if "betas" in group else group.get("momentum")
+
+
+def resumed_changes(
+    saved_groups: list[dict], saved_schedule: dict | None, new_groups: list[dict], optim
+) -> list[str]:
+    """What a resumed run changes against its checkpoint's optimizer and schedule, one
+    ``train.optim.<field> old -> new`` item per setting (groups are matched by name)."""
+    changes = []
+    saved = {g.get("name"): g for g in saved_groups}
+    for group in new_groups:
+        old = saved.get(group["name"])
+        if old is None:
+            continue
+        old_lr = old.get("initial_lr", old["lr"])
+        if not math.isclose(old_lr, group["lr"], rel_tol=1e-9, abs_tol=0.0):
+            changes.append(f"learning rate of the {group['name']} parameters {old_lr:g} -> {group['lr']:g}")
+        if not math.isclose(old["weight_decay"], group["weight_decay"], rel_tol=1e-9, abs_tol=0.0):
+            changes.append(
+                f"weight decay of the {group['name']} parameters {old['weight_decay']:g} -> {group['weight_decay']:g}"
+            )
+    momentums = {_momentum(g) for g in saved_groups} - {None}
+    if momentums and momentums != {optim.momentum}:
+        changes.append(
+            f"train.optim.momentum {', '.join(f'{m:g}' for m in sorted(momentums))} -> {optim.momentum:g}"
+        )
+    if saved_schedule:
+        new = spec_schedule_settings(optim)
+        for key, spec_name in _SCHEDULE_FIELDS.items():
+            if key in saved_schedule and saved_schedule[key] != new[key]:
+                changes.append(f"train.optim.{spec_name} {saved_schedule[key]} -> {new[key]}")
+    return list(dict.fromkeys(changes))
+
+
+def apply_spec_settings(optimizer: torch.optim.Optimizer, scheduler, new_groups: list[dict], optim) -> None:
+    """After a checkpoint's optimizer and scheduler state were restored: the spec's learning rates,
+    weight decay, momentum and schedule settings replace the saved ones (the state itself, moments
+    and step counts, stays); groups are matched by name."""
+    wanted = {g["name"]: g for g in new_groups}
+    for i, group in enumerate(optimizer.param_groups):
+        new = wanted.get(group.get("name"))
+        if new is None:
+            continue
+        group["initial_lr"] = new["lr"]
+        group["weight_decay"] = new["weight_decay"]
+        if "betas" in group:
+            group["betas"] = (optim.momentum, group["betas"][1])
+        elif "momentum" in group:
+            group["momentum"] = optim.momentum
+        if scheduler is not None and i < len(scheduler.base_lrs):
+            scheduler.base_lrs[i] = new["lr"]
+    schedule = scheduler.lr_lambdas[0] if scheduler is not None else None
+    if isinstance(schedule, StepSchedule):
+        for key, value in spec_schedule_settings(optim).items():
+            setattr(schedule, key, value)

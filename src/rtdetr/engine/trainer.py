@@ -31,7 +31,7 @@ from rtdetr.engine.hardware import resolve_hardware
 from rtdetr.engine.host_memory import keep_freed_host_memory
 from rtdetr.engine.model_setup import enable_activation_checkpointing, freeze, load_pretrained_model
 from rtdetr.engine.module import DetectionModule
-from rtdetr.engine.optim import backbone_prefixes
+from rtdetr.engine.optim import backbone_prefixes, resumed_changes
 from rtdetr.engine.sync_bn import convert_to_global_batchnorm
 from rtdetr.errors import UserError
 from rtdetr.log import quiet_lightning
@@ -76,9 +76,9 @@ def resume_path(cfg: ExperimentConfig, results_dir: Path) -> Path | None:
     return latest_checkpoint(results_dir)
 
 
-def check_resume_checkpoint(path: Path, module: L.LightningModule, explicit: bool) -> None:
-    """One-line UserError, before anything is touched, when the checkpoint to resume from is not a
-    readable rtdetr checkpoint or does not fit the spec's model."""
+def check_resume_checkpoint(path: Path, module: L.LightningModule, explicit: bool) -> dict:
+    """The checkpoint to resume from; one-line UserError, before anything is touched, when it is not
+    a readable rtdetr checkpoint or does not fit the spec's model and optimizer."""
     where = (
         "train.resume_training_checkpoint_path"
         if explicit
@@ -119,6 +119,18 @@ def check_resume_checkpoint(path: Path, module: L.LightningModule, explicit: boo
                 f"model.backbone_names differ from the checkpoint's run; restore them, or start from its weights with "
                 f"train.pretrained_model_path and a new results_dir"
             )
+    return checkpoint
+
+
+def resume_changes(checkpoint: dict, module: DetectionModule) -> list[str]:
+    """The optimizer and schedule settings in which the spec differs from the checkpoint's run."""
+    saved = (checkpoint.get("optimizer_states") or [None])[0]
+    if saved is None:
+        return []
+    schedulers = checkpoint.get("lr_schedulers") or [{}]
+    lambdas = schedulers[0].get("lr_lambdas") or [None]
+    schedule = lambdas[0] if isinstance(lambdas[0], dict) else None
+    return resumed_changes(saved["param_groups"], schedule, module.param_groups(), module.optim)
 
 
 def _optimizer_layout(kind: str | None, groups: list[dict]) -> str:
@@ -273,9 +285,18 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
     trainer._rtdetr_dry_run = dry
     ckpt = None if dry else resume_path(cfg, results_dir)
     if ckpt is not None:
-        check_resume_checkpoint(ckpt, module, bool(cfg.train.resume_training_checkpoint_path))
+        checkpoint = check_resume_checkpoint(ckpt, module, bool(cfg.train.resume_training_checkpoint_path))
+        changes = resume_changes(checkpoint, module)
+        del checkpoint
         log.info("resuming from %s", ckpt)
-        status.write("RUNNING", f"Resuming training from {ckpt}.")
+        if changes:
+            log.warning(
+                "resuming with the spec's settings, changed since the checkpoint: %s", "; ".join(changes)
+            )
+        changed = (
+            f" with the spec's settings changed since the checkpoint: {'; '.join(changes)}" if changes else ""
+        )
+        status.write("RUNNING", f"Resuming training from {ckpt}{changed}.")
         _keep_previous_metrics(results_dir / "logs")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
