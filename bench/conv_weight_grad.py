@@ -1,5 +1,5 @@
 """Convolution weight gradients on this CPU: oneDNN against ATen's im2col + GEMM, per convolution of
-the r18vd training model (issue 4; what `rtdetr.engine.cpu_conv` chooses between).
+the r18vd training model (what `rtdetr.engine.cpu_conv` chooses between).
 
 The convolutions are those of the model of bench/train_throughput.py (the r18vd config, batch 4,
 channels-last) at --size, collected with forward hooks. For each distinct shape, in channels-last

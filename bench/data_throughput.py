@@ -1,4 +1,4 @@
-"""Data loader throughput on BCCD train against the model's consumption rate (issue 4).
+"""Data loader throughput on BCCD train against the model's consumption rate.
 
 The training loader is built exactly as `rtdetr train` builds it (``build_training_data`` of
 rtdetr.engine.data: COCO sources, CocoDetection with dataset_type serialized, TAO's train
@@ -22,7 +22,7 @@ the loader pass (PSS counts pages shared by the forked workers once).
 
     python bench/data_throughput.py [--sizes 640 320] [--batch 4] [--workers 2] [--threads 2]
                                     [--batches 0] [--steps 8] [--warmup 2]
-                                    [--data /work/shared/datasets/bccd]
+                                    [--data /path/to/bccd]
                                     [--out bench/results/data_throughput.json]
 """
 

@@ -1,5 +1,5 @@
 """CPU deployment: latency of PyTorch, ONNX Runtime FP32 and INT8, and transformers, and the INT8
-accuracy cost, on one trained model (issue 6).
+accuracy cost, on one trained model.
 
 The model is an r18vd RT-DETR trained on BCCD (by default the checkpoint bench/train_bccd.py leaves
 in /tmp/rtdetr_bench_bccd). For each input size it
@@ -20,7 +20,7 @@ at most 1 point of mAP50 lost, judged on the ratios of the median latencies. Als
 paired ratios (the median over rounds of the ratio within a round), which load that comes and goes
 on a shared machine moves less. Prints Markdown tables and writes JSON.
 
-    python bench/deploy_latency.py [--checkpoint PTH] [--data BCCD] [--sizes 640 320] [--threads 2]
+    python bench/deploy_latency.py [--checkpoint PTH] [--data /path/to/bccd] [--sizes 640 320] [--threads 2]
                                    [--warmup 5] [--iters 30] [--cal-images 100]
 """
 

@@ -1,4 +1,4 @@
-"""COCO evaluation time: ours (rtdetr's evaluate_coco, faster-coco-eval) against pycocotools (issue 5).
+"""COCO evaluation time: ours (rtdetr's evaluate_coco, faster-coco-eval) against pycocotools.
 
 Generates a ground truth of N images (1-15 boxes each, 80 categories, COCO-like sizes) and M
 detections per image (half of them jittered copies of true boxes with high scores, the rest random

@@ -1,4 +1,4 @@
-"""Inference latency of our RT-DETR against transformers' RTDetrForObjectDetection (issue 3).
+"""Inference latency of our RT-DETR against transformers' RTDetrForObjectDetection.
 
 For r18vd and r50vd: build transformers' model with random weights (pure-torch path, the configs and
 weights of rtdetr.testing, as in tests/model/test_hf_parity.py), convert the weights to ours, check
@@ -10,7 +10,8 @@ variant once, in a rotating order, so that the machine's noise is shared fairly)
 - transformers eager (its default attention implementation).
 
 All under `torch.inference_mode`, the same `torch.set_num_threads`, batch 1. Prints a Markdown table
-(median and p90 ms, ratio ours / transformers on the median) and writes JSON.
+(median and p90 ms, ratio ours / transformers on the median) and writes JSON. Target: ours
+(deploy-fused) <= 0.85x transformers' median latency.
 
     python bench/model_latency.py [--models r18vd r50vd] [--size 640] [--threads N]
                                   [--warmup 10] [--iters 50] [--out bench/results/model_latency.json]

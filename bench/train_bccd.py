@@ -1,4 +1,4 @@
-"""Train an r18vd-sized RT-DETR from scratch on BCCD through the real CLI (issue 4).
+"""Train an r18vd-sized RT-DETR from scratch on BCCD through the real CLI.
 
 Writes a spec (backbone resnet_18vd, expansion 0.5, dec_layers 3, hidden 256, no pretrained
 weights; BCCD train, validated on BCCD val every epoch; --size x --size with multi_scales off;
@@ -13,7 +13,7 @@ training steps of the epoch ((steps - 1) * batch / time between them, so loader 
 epoch's start is excluded).
 
     python bench/train_bccd.py [--epochs 12] [--size 320] [--batch 8] [--workers 2]
-                               [--results-dir /tmp/rtdetr_bench_bccd] [--data /work/shared/datasets/bccd]
+                               [--results-dir /tmp/rtdetr_bench_bccd] [--data /path/to/bccd]
                                [--out bench/results/train_bccd.json] [-- extra dotted overrides]
 """
 
