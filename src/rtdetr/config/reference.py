@@ -87,10 +87,11 @@ def _schema_for(tp: Any, info: FieldInfo) -> dict:
         node = {"type": {int: "integer", float: "number", bool: "boolean", str: "string"}[inner]}
         if info.valid_options is not None:
             node["enum"] = list(info.valid_options)
-        if _json_number(info.valid_min) is not None:
-            node["minimum"] = info.valid_min
-        if _json_number(info.valid_max) is not None:
-            node["maximum"] = info.valid_max
+        low, high = info.bounds()  # what the validator enforces: documented range and limits
+        if _json_number(low) is not None:
+            node["minimum"] = low
+        if _json_number(high) is not None:
+            node["maximum"] = high
     if optional:
         node = {"anyOf": [node, {"type": "null"}]}
     return node
@@ -115,6 +116,10 @@ def _object_schema(cls: type) -> dict:
                 "x-automl-enabled": info.automl_enabled,
             }
         )
+        if info.limit_min is not None:
+            node["x-limit-min"] = info.limit_min
+        if info.limit_max is not None:
+            node["x-limit-max"] = info.limit_max
         if info.note:
             node["x-note"] = info.note
         props[f.name] = node
@@ -148,6 +153,13 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
+def _limits(info: FieldInfo) -> str:
+    """The practical bounds as "min..max" (either side empty when unset)."""
+    if info.limit_min is None and info.limit_max is None:
+        return ""
+    return f"{_cell(info.limit_min)}..{_cell(info.limit_max)}"
+
+
 def markdown_reference() -> str:
     """The spec reference page, generated from the schema."""
     out = [
@@ -158,7 +170,9 @@ def markdown_reference() -> str:
         "Every field of the experiment spec, with the metadata of TAO's reference documentation.",
         "Nested fields are written with dots (`train.optim.lr`); `[]` marks the items of a list.",
         "A default of `???` is a required value for the task that reads it. Notes mark where this",
-        "toolkit deliberately differs from TAO's documentation.",
+        "toolkit deliberately differs from TAO's documentation. `limits` are this toolkit's practical",
+        "bounds (for a list, of its items), enforced besides valid_min and valid_max where TAO documents",
+        "no bound or infinity: what a real model reaches and a machine holds.",
         "",
         "AutoML-enabled fields: " + ", ".join(f"`{p}`" for p in automl_fields()) + ".",
         "",
@@ -185,6 +199,7 @@ def markdown_reference() -> str:
             _cell(default),
             _cell(info.valid_min),
             _cell(info.valid_max),
+            _limits(info),
             ", ".join(info.valid_options) if info.valid_options else "",
             "yes" if info.automl_enabled else "",
             _cell(description),
@@ -197,8 +212,9 @@ def markdown_reference() -> str:
         if headings.get(section):
             out += [headings[section], ""]
         out += [
-            "| field | value_type | default | valid_min | valid_max | valid_options | automl | description |",
-            "|---|---|---|---|---|---|---|---|",
+            "| field | value_type | default | valid_min | valid_max | limits | valid_options | automl "
+            "| description |",
+            "|---|---|---|---|---|---|---|---|---|",
             *lines,
         ]
     return "\n".join(out) + "\n"

@@ -167,6 +167,23 @@ def _model_rules(model: ModelConfig, p: str, ok: Callable[..., bool]) -> Iterato
         yield Problem(
             f"{p}.hidden_dim", f"value {model.hidden_dim} must be divisible by nheads ({model.nheads})"
         )
+    # the encoder's attention (on the use_encoder_idx levels) splits its width over the heads and
+    # its 2-D sine position embedding over 4 parts
+    width_path = f"{p}.encoder_hidden_dim" if model.encoder_hidden_dim else f"{p}.hidden_dim"
+    encoder_ok = ok(width_path, f"{p}.nheads", f"{p}.use_encoder_idx")
+    if encoder_ok and model.use_encoder_idx and (width % model.nheads or width % 4):
+        yield Problem(
+            width_path,
+            f"value {width}: the encoder width must be divisible by nheads ({model.nheads}) and by 4",
+        )
+    if (
+        ok(f"{p}.expansion", f"{p}.hidden_dim", f"{p}.encoder_hidden_dim")
+        and int(width * model.expansion) < 1
+    ):
+        yield Problem(
+            f"{p}.expansion",
+            f"value {model.expansion}: the CSP width int(encoder width {width} x expansion) must be at least 1",
+        )
     if ok(f"{p}.loss_types") and not model.loss_types:
         yield Problem(f"{p}.loss_types", "must name at least one loss")
 
@@ -262,13 +279,41 @@ def _frozen_fm(cfg: ExperimentConfig, ok: Callable[..., bool]) -> Iterator[Probl
         )
 
 
-RULES: tuple[Rule, ...] = (_model, _num_select, _gpus, _intervals, _sizes, _batches, _optim, _frozen_fm)
+def _results_dir(cfg: ExperimentConfig, ok: Callable[..., bool]) -> Iterator[Problem]:
+    if ok("results_dir") and not cfg.results_dir.strip():
+        yield Problem("results_dir", "empty; give a folder, '.' for the current directory")
+
+
+RULES: tuple[Rule, ...] = (
+    _results_dir, _model, _num_select, _gpus, _intervals, _sizes, _batches, _optim, _frozen_fm,
+)  # fmt: skip
+
+
+def model_problems(model: ModelConfig, bad_paths: set[str], prefix: str = "model") -> list[Problem]:
+    """Problems of the rules within one model section alone (what building the model needs)."""
+    bad = set(bad_paths)
+
+    def ok(*paths: str) -> bool:
+        return not any(p in bad for p in paths)
+
+    problems = []
+    for problem in _model_rules(model, prefix, ok):
+        problems.append(problem)
+        bad.add(problem.path)
+    return problems
 
 
 def rule_problems(cfg: ExperimentConfig, bad_paths: set[str]) -> list[Problem]:
-    """Problems of the cross-field rules, skipping rules over fields already reported bad."""
+    """Problems of the cross-field rules. A rule is skipped when a field it reads was already
+    reported bad, by the builder or by an earlier rule: no rule works on a value known to be invalid."""
+    bad = set(bad_paths)
 
     def ok(*paths: str) -> bool:
-        return not any(p in bad_paths for p in paths)
+        return not any(p in bad for p in paths)
 
-    return [problem for rule in RULES for problem in rule(cfg, ok)]
+    problems = []
+    for rule in RULES:
+        for problem in rule(cfg, ok):
+            problems.append(problem)
+            bad.add(problem.path)
+    return problems

@@ -21,6 +21,15 @@ DOCUMENTED_BACKBONES = (
 )  # fmt: skip
 VD_BACKBONES = ("resnet_18vd", "resnet_34vd", "resnet_50vd", "resnet_101vd")
 
+# Practical bounds (limit_min / limit_max) where TAO documents none or infinity: what a real model
+# reaches and a machine holds, so that a typo fails at validation rather than hours into a run.
+EPOCHS_LIMIT = 100_000
+STEPS_LIMIT = 1_000_000_000
+DEPLOY_BATCH_LIMIT = 256
+OPSET_LIMIT = 100
+OPSET_NOTE = "At most 100 here (export takes 16 up to the newest opset of the installed torch)."
+SIZE_NOTE = "Sizes 32..8192 here, multiples of 32."
+
 
 # ---------------------------------------------------------------------------------------- wandb
 @dataclass
@@ -81,58 +90,93 @@ class ModelConfig:
         "Flag to set backbone weights as trainable or frozen. When set to False, the backbone weights "
         "are frozen.",
     )
-    num_queries: int = spec_field(300, "Number of queries.", valid_min=1, valid_max=INF, automl=True)
+    num_queries: int = spec_field(
+        300, "Number of queries.", valid_min=1, valid_max=INF, automl=True, limit_max=5000,
+        note="At most 5000 here: the decoder's self-attention grows with its square.",
+    )  # fmt: skip
     num_select: int = spec_field(
-        300, "Number of top-K predictions selected during post-processing.", valid_min=1, automl=True
-    )
+        300, "Number of top-K predictions selected during post-processing.", valid_min=1, automl=True,
+        limit_max=100_000, note="At most 100000 here (and at most num_queries x num_classes).",
+    )  # fmt: skip
     num_feature_levels: int = spec_field(
         3, "Number of feature levels to use in the model.", valid_min=1, valid_max=4
     )
     return_interm_indices: list[int] = spec_field(
         [1, 2, 3],
         "Index of feature levels to use in the model. The length must match num_feature_levels.",
-    )
+        limit_min=0, limit_max=3, note="Items are backbone stages 0..3 (strides 4..32).",
+    )  # fmt: skip
     feat_strides: list[int] = spec_field(
-        [8, 16, 32], "Stride used as grid size of positional embedding at each encoder layer."
-    )
-    feat_channels: list[int] = spec_field([256, 256, 256], "Feature channel sizes in decoder.")
-    use_encoder_idx: list[int] = spec_field([2], "Index of multi-scale backbone features to pass to encoder.")
-    hidden_dim: int = spec_field(256, "Dimension of the hidden units.", valid_min=1)
-    nheads: int = spec_field(8, "Number of heads.", valid_min=1)
+        [8, 16, 32], "Stride used as grid size of positional embedding at each encoder layer.",
+        limit_min=1, limit_max=128, note="Items 1..128 here (the backbone's strides are 4..32).",
+    )  # fmt: skip
+    feat_channels: list[int] = spec_field(
+        [256, 256, 256], "Feature channel sizes in decoder.", limit_min=1, limit_max=4096,
+        note="Items 1..4096 here, as the encoder width.",
+    )  # fmt: skip
+    use_encoder_idx: list[int] = spec_field(
+        [2], "Index of multi-scale backbone features to pass to encoder.", limit_min=0, limit_max=3,
+        note="Items index the feature levels, 0..3.",
+    )  # fmt: skip
+    hidden_dim: int = spec_field(
+        256, "Dimension of the hidden units.", valid_min=1, limit_max=4096,
+        note="At most 4096 here; divisible by nheads (and, as the encoder width, by 4).",
+    )  # fmt: skip
+    nheads: int = spec_field(8, "Number of heads.", valid_min=1, limit_max=64, note="At most 64 here.")
     dropout_ratio: float = spec_field(0.0, "Probability to drop hidden units.", valid_min=0.0, valid_max=1.0)
-    enc_layers: int = spec_field(1, "Number of encoder layers in the transformer.", valid_min=1, automl=True)
-    dim_feedforward: int = spec_field(1024, "Dimension of the feedforward network.", valid_min=1)
-    pe_temperature: int = spec_field(
-        10000, "Temperature applied to the positional sine embedding.", valid_min=1, valid_max=INF
+    enc_layers: int = spec_field(
+        1, "Number of encoder layers in the transformer.", valid_min=1, automl=True, limit_max=32,
+        note="At most 32 here.",
+    )  # fmt: skip
+    dim_feedforward: int = spec_field(
+        1024,
+        "Dimension of the feedforward network.",
+        valid_min=1,
+        limit_max=16384,
+        note="At most 16384 here.",
     )
+    pe_temperature: int = spec_field(
+        10000, "Temperature applied to the positional sine embedding.", valid_min=1, valid_max=INF,
+        limit_max=1_000_000, note="At most 1000000 here (the embedding is computed in float32).",
+    )  # fmt: skip
     expansion: float = spec_field(
         1.0, "Expansion raito for hidden dimension used in CSPRepLayer.",
-        value_type="int", valid_min=0.0, valid_max=INF,
-        note="Fractional values (0.5 for r18/r34) are accepted, as in the original RT-DETR.",
+        value_type="int", valid_min=0.0, valid_max=INF, limit_max=8.0,
+        note="Fractional values (0.5 for r18/r34) are accepted, as in the original RT-DETR. Above 0 and "
+        "at most 8 here: the CSP width int(encoder width x expansion) must be at least 1.",
     )  # fmt: skip
     depth_mult: float = spec_field(
-        1, "Number of RegVGGBlock used in CSPRepLayer.", value_type="int", valid_min=1, valid_max=INF
-    )
+        1, "Number of RegVGGBlock used in CSPRepLayer.", value_type="int", valid_min=1, valid_max=INF,
+        limit_max=10.0, note="At most 10 here (round(3 x depth_mult) blocks per CSP layer).",
+    )  # fmt: skip
     enc_act: str = spec_field("gelu", "Activation used for the encoder.", valid_options=ACTIVATIONS)
     act: str = spec_field(
         "silu", "Activation used for top-down FPN and bottom-up PAN.", valid_options=ACTIVATIONS
     )
-    dec_layers: int = spec_field(6, "Number of decoder layers in the transformer.", valid_min=1, automl=True)
-    dn_number: int = spec_field(100, "Number of denoising queries.", valid_min=0, valid_max=INF)
+    dec_layers: int = spec_field(
+        6, "Number of decoder layers in the transformer.", valid_min=1, automl=True, limit_max=32,
+        note="At most 32 here.",
+    )  # fmt: skip
+    dn_number: int = spec_field(
+        100, "Number of denoising queries.", valid_min=0, valid_max=INF, limit_max=1000,
+        note="At most 1000 here: the denoising groups join the decoder's self-attention.",
+    )  # fmt: skip
     eval_idx: int = spec_field(
         -1,
         "Index of decoder layer to use for evaluation. By default, use the last decoder layer.",
-        valid_min=-1, valid_max=INF,
+        valid_min=-1, valid_max=INF, limit_max=31, note="Below dec_layers (at most 32 here).",
     )  # fmt: skip
     encoder_hidden_dim: int | None = spec_field(
         None,
         "Width of the hybrid encoder; null uses hidden_dim (RT-DETR r101 uses 384 with a 256 decoder).",
-        valid_min=1,
-        note="Not in TAO: lets the r101 variant and converted checkpoints be described.",
-    )
+        valid_min=1, limit_max=4096,
+        note="Not in TAO: lets the r101 variant and converted checkpoints be described. At most 4096, "
+        "divisible by nheads and by 4.",
+    )  # fmt: skip
     dec_dim_feedforward: int = spec_field(
-        1024, "Dimension of the decoder's feedforward network.", valid_min=1, note="Not in TAO."
-    )
+        1024, "Dimension of the decoder's feedforward network.", valid_min=1, limit_max=16384,
+        note="Not in TAO. At most 16384.",
+    )  # fmt: skip
     dec_act: str = spec_field(
         "relu",
         "Activation of the decoder's feedforward network.",
@@ -140,8 +184,9 @@ class ModelConfig:
         note="Not in TAO.",
     )
     num_points: int = spec_field(
-        4, "Sampling points per head and level in deformable attention.", valid_min=1, note="Not in TAO."
-    )
+        4, "Sampling points per head and level in deformable attention.", valid_min=1, limit_max=32,
+        note="Not in TAO. At most 32.",
+    )  # fmt: skip
     label_noise_ratio: float = spec_field(
         0.5, "Label noise of the denoising queries.", valid_min=0.0, valid_max=1.0, note="Not in TAO."
     )
@@ -235,14 +280,17 @@ class AugmentationConfig:
     multi_scales: list[int] = spec_field(
         [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800],
         "A list of sizes to perform random resize.",
-    )
+        limit_min=32, limit_max=8192, note=SIZE_NOTE,
+    )  # fmt: skip
     train_spatial_size: list[int] = spec_field(
-        [640, 640], "Input resolution to run evaluation during training. This is in the [h, w] order."
-    )
+        [640, 640], "Input resolution to run evaluation during training. This is in the [h, w] order.",
+        limit_min=32, limit_max=8192, note=SIZE_NOTE,
+    )  # fmt: skip
     eval_spatial_size: list[int] = spec_field(
         [640, 640],
         "Input resolution to run evaluation during validation and testing. This is in the [h, w] order.",
-    )
+        limit_min=32, limit_max=8192, note=SIZE_NOTE,
+    )  # fmt: skip
     distortion_prob: float = spec_field(
         0.8, "The probability for RandomPhotometricDistort", valid_min=0.0, valid_max=1.0, automl=True
     )
@@ -263,11 +311,12 @@ class DatasetConfig:
     test_data_sources: DataSource = spec_field(DataSource, "The data source for testing.")
     infer_data_sources: InferDataSource = spec_field(InferDataSource, "The data source for inference.")
     batch_size: int = spec_field(
-        4, "Batch size for training and validation.", valid_min=1, valid_max=INF, automl=True
-    )
+        4, "Batch size for training and validation.", valid_min=1, valid_max=INF, automl=True,
+        limit_max=1024, note="At most 1024 (per GPU) here.",
+    )  # fmt: skip
     workers: int = spec_field(
         8, "Number of parallel workers processing data.", valid_min=0, valid_max=INF, automl=True,
-        note="valid_min is 0 here (TAO: 1): 0 loads data in the main process.",
+        limit_max=256, note="valid_min is 0 here (TAO: 1): 0 loads data in the main process. At most 256.",
     )  # fmt: skip
     remap_mscoco_category: bool = spec_field(
         False,
@@ -286,14 +335,16 @@ class DatasetConfig:
         valid_options=("serialized", "default"),
     )
     num_classes: int = spec_field(
-        80, "The number of classes in the training data", valid_min=1, valid_max=INF
-    )
+        80, "The number of classes in the training data", valid_min=1, valid_max=INF, limit_max=100_000,
+        note="At most 100000 here.",
+    )  # fmt: skip
     eval_class_ids: list[int] | None = spec_field(
         None,
         "IDs of the classes for evaluation; null evaluates every class.",
+        limit_min=0, limit_max=2**31 - 1,
         note="The table's default is [1], which TAO applies only in its TensorRT path; here the "
-        "default null evaluates all classes, as TAO's PyTorch path does.",
-    )
+        "default null evaluates all classes, as TAO's PyTorch path does. Ids are 0..2^31-1.",
+    )  # fmt: skip
     augmentation: AugmentationConfig = spec_field(
         AugmentationConfig, "Configuration parameters for data augmentation"
     )
@@ -316,7 +367,10 @@ class EMAConfig:
         0.999, "EMA decay d: after each optimizer step ema = d * ema + (1 - d) * w.",
         valid_min=0.0, valid_max=1.0, automl=True,
     )  # fmt: skip
-    every_n_steps: int = spec_field(1, "Update the EMA every n optimizer steps.", valid_min=1)
+    every_n_steps: int = spec_field(
+        1, "Update the EMA every n optimizer steps.", valid_min=1, limit_max=1_000_000,
+        note="At most 1000000 here.",
+    )  # fmt: skip
     validate_original_weights: bool = spec_field(
         False, "Validate with the raw weights instead of the EMA weights."
     )
@@ -363,16 +417,19 @@ class OptimConfig:
         [1000],
         "The steps at which the learning rate must be decreased. This is applicable only with the "
         "MultiStep LR.",
-    )
+        limit_min=0, limit_max=STEPS_LIMIT, note="Items 0..1000000000 here.",
+    )  # fmt: skip
     lr_step_size: int = spec_field(
-        1000, "The number of steps to decrease the learning rate in the StepLR", valid_min=1, automl=True
-    )
+        1000, "The number of steps to decrease the learning rate in the StepLR", valid_min=1, automl=True,
+        limit_max=STEPS_LIMIT, note="At most 1000000000 here.",
+    )  # fmt: skip
     lr_decay: float = spec_field(
         0.1, "The decreasing factor for the learning rate scheduler", valid_min=0.0, automl=True
     )
     warmup_steps: int = spec_field(
         0, "The number of steps to perform linear learning rate warm-up", valid_min=0, valid_max=INF,
-        note="Honoured (TAO ignores it): a linear warm-up over optimizer steps.",
+        limit_max=STEPS_LIMIT,
+        note="Honoured (TAO ignores it): a linear warm-up over optimizer steps. At most 1000000000 here.",
     )  # fmt: skip
 
 
@@ -380,28 +437,35 @@ class OptimConfig:
 class TrainConfig:
     """Configurable parameters to construct the trainer for a RT-DETR experiment."""
 
-    num_gpus: int = spec_field(1, "Number of GPUs to run the training job.", valid_min=1)
+    num_gpus: int = spec_field(
+        1, "Number of GPUs to run the training job.", valid_min=1, limit_max=1024, note="At most 1024 here."
+    )
     gpu_ids: list[int] = spec_field(
         [0],
         "List of GPU IDs to run the training on. The length of this list must equal the number of "
         "GPUs in train.num_gpus.",
-    )
+        limit_min=0, limit_max=1023, note="Ids 0..1023 here.",
+    )  # fmt: skip
     num_nodes: int = spec_field(
-        1, "Number of nodes to run the training on. If >1, multi-node is enabled.", valid_min=1
-    )
+        1, "Number of nodes to run the training on. If >1, multi-node is enabled.", valid_min=1,
+        limit_max=1024, note="At most 1024 here.",
+    )  # fmt: skip
     seed: int = spec_field(
-        1234, "Seed for the initializer in PyTorch. If <0, disable fixed seed.", valid_min=-1, valid_max=INF
-    )
+        1234, "Seed for the initializer in PyTorch. If <0, disable fixed seed.", valid_min=-1, valid_max=INF,
+        limit_max=2**32 - 1, note="At most 2^32-1 here, the largest seed numpy and Lightning take.",
+    )  # fmt: skip
     cudnn: CudnnConfig = spec_field(CudnnConfig, "cuDNN flags.")
     num_epochs: int = spec_field(
-        10, "Number of epochs to run the training.", valid_min=1, valid_max=INF, automl=True
-    )
+        10, "Number of epochs to run the training.", valid_min=1, valid_max=INF, automl=True,
+        limit_max=EPOCHS_LIMIT, note="At most 100000 here.",
+    )  # fmt: skip
     checkpoint_interval: int = spec_field(
-        1, "Interval (in epochs) at which a checkpoint is to be saved. Helps resume training.", valid_min=1
-    )
+        1, "Interval (in epochs) at which a checkpoint is to be saved. Helps resume training.", valid_min=1,
+        limit_max=EPOCHS_LIMIT, note="At most num_epochs.",
+    )  # fmt: skip
     validation_interval: int = spec_field(
         1, "Interval (in epochs) at which a evaluation is to be triggered on the validation dataset.",
-        valid_min=1,
+        valid_min=1, limit_max=EPOCHS_LIMIT, note="At most num_epochs.",
     )  # fmt: skip
     resume_training_checkpoint_path: str | None = spec_field(
         None, "Path to the checkpoint at which to resume training."
@@ -453,11 +517,11 @@ class EvaluateConfig:
     results_dir: str | None = spec_field(None, "Path to the location where the results are stored.")
     input_width: int | None = spec_field(
         None, "Width of the input image tensor; null uses dataset.augmentation.eval_spatial_size.",
-        valid_min=1,
+        valid_min=1, limit_max=8192, note=SIZE_NOTE,
     )  # fmt: skip
     input_height: int | None = spec_field(
         None, "Height of the input image tensor; null uses dataset.augmentation.eval_spatial_size.",
-        valid_min=1,
+        valid_min=1, limit_max=8192, note=SIZE_NOTE,
     )  # fmt: skip
     trt_engine: str | None = spec_field(
         None,
@@ -493,18 +557,22 @@ class InferenceConfig:
     is_internal: bool = spec_field(False, "Flag to render with internal directory structure.")
     input_width: int | None = spec_field(
         None, "Width of the input image tensor; null uses dataset.augmentation.eval_spatial_size.",
-        valid_min=32,
+        valid_min=32, limit_max=8192,
         note="TAO documents 960 but ignores the field and runs at eval_spatial_size; here null does that "
-        "and a set value is honoured.",
+        "and a set value (a multiple of 32, at most 8192) is honoured.",
     )  # fmt: skip
     input_height: int | None = spec_field(
         None, "Height of the input image tensor; null uses dataset.augmentation.eval_spatial_size.",
-        valid_min=32,
+        valid_min=32, limit_max=8192,
         note="TAO documents 544 but ignores the field and runs at eval_spatial_size; here null does that "
-        "and a set value is honoured.",
+        "and a set value (a multiple of 32, at most 8192) is honoured.",
     )  # fmt: skip
     outline_width: int = spec_field(
-        3, "Width in pixels of the bounding box outline.", valid_min=1, note="Honoured (TAO ignores it)."
+        3,
+        "Width in pixels of the bounding box outline.",
+        valid_min=1,
+        limit_max=1000,
+        note="Honoured (TAO ignores it). At most 1000.",
     )
 
 
@@ -518,16 +586,21 @@ class ExportConfig:
     results_dir: str | None = spec_field(None, "Path to the location where the logs and status are stored.")
     on_cpu: bool = spec_field(False, "Flag to export CPU compatible model.")
     input_channel: int = spec_field(3, "Number of channels in the input Tensor.", valid_min=3, valid_max=3)
-    input_width: int = spec_field(960, "Width of the input image tensor.", valid_min=32)
-    input_height: int = spec_field(544, "Height of the input image tensor.", valid_min=32)
-    opset_version: int = spec_field(
-        17, "Operator set version of the ONNX model used to generate the TensorRT engine.", valid_min=1
+    input_width: int = spec_field(
+        960, "Width of the input image tensor.", valid_min=32, limit_max=8192, note=SIZE_NOTE
     )
+    input_height: int = spec_field(
+        544, "Height of the input image tensor.", valid_min=32, limit_max=8192, note=SIZE_NOTE
+    )
+    opset_version: int = spec_field(
+        17, "Operator set version of the ONNX model used to generate the TensorRT engine.", valid_min=1,
+        limit_max=OPSET_LIMIT, note=OPSET_NOTE,
+    )  # fmt: skip
     batch_size: int = spec_field(
         -1,
         "The batch size of the input Tensor for the engine. A value of -1 implies dynamic tensor shapes.",
-        valid_min=-1,
-    )
+        valid_min=-1, limit_max=DEPLOY_BATCH_LIMIT, note="Not 0; at most 256 here.",
+    )  # fmt: skip
     verbose: bool = spec_field(False, "Flag to enable verbose TensorRT logging.")
     overwrite: bool = spec_field(
         False,
@@ -547,10 +620,21 @@ class TensorRTConfig:
     """TensorRT builder settings."""
 
     data_type: str = spec_field("FP32", "Precision of the engine.", valid_options=("FP32", "FP16", "INT8"))
-    workspace_size: int = spec_field(1024, "Builder workspace size in MB.", valid_min=1)
-    min_batch_size: int = spec_field(1, "Minimum batch size of the optimization profile.", valid_min=1)
-    opt_batch_size: int = spec_field(1, "Optimal batch size of the optimization profile.", valid_min=1)
-    max_batch_size: int = spec_field(4, "Maximum batch size of the optimization profile.", valid_min=1)
+    workspace_size: int = spec_field(
+        1024, "Builder workspace size in MB.", valid_min=1, limit_max=1_048_576, note="At most 1 TB here."
+    )
+    min_batch_size: int = spec_field(
+        1, "Minimum batch size of the optimization profile.", valid_min=1, limit_max=DEPLOY_BATCH_LIMIT,
+        note="At most 256 here.",
+    )  # fmt: skip
+    opt_batch_size: int = spec_field(
+        1, "Optimal batch size of the optimization profile.", valid_min=1, limit_max=DEPLOY_BATCH_LIMIT,
+        note="At most 256 here.",
+    )  # fmt: skip
+    max_batch_size: int = spec_field(
+        4, "Maximum batch size of the optimization profile.", valid_min=1, limit_max=DEPLOY_BATCH_LIMIT,
+        note="At most 256 here.",
+    )  # fmt: skip
     layers_precision: list[str] = spec_field(
         [], "Per-layer precision overrides, as 'layer_name:precision' (e.g. '/decoder/Add:fp32')."
     )
@@ -562,8 +646,12 @@ class CalibrationConfig:
 
     cal_image_dir: list[str] = spec_field([], "Directories of calibration images.")
     cal_cache_file: str | None = spec_field(None, "Calibration cache file, written and reused.")
-    cal_batch_size: int = spec_field(1, "Batch size of calibration.", valid_min=1)
-    cal_batches: int = spec_field(1, "Number of calibration batches.", valid_min=1)
+    cal_batch_size: int = spec_field(
+        1, "Batch size of calibration.", valid_min=1, limit_max=DEPLOY_BATCH_LIMIT, note="At most 256 here."
+    )
+    cal_batches: int = spec_field(
+        1, "Number of calibration batches.", valid_min=1, limit_max=100_000, note="At most 100000 here."
+    )
 
 
 @dataclass
@@ -577,18 +665,22 @@ class GenTrtEngineConfig:
     input_channel: int = spec_field(3, "Number of channels in the input Tensor.", valid_min=3, valid_max=3)
     input_width: int | None = spec_field(
         None, "Width of the input image tensor; null: the ONNX file's (which the engine is built for).",
-        valid_min=32, note="Accepted from TAO Deploy specs; the ONNX file's fixed size is authoritative.",
+        valid_min=32, limit_max=8192,
+        note="Accepted from TAO Deploy specs; the ONNX file's fixed size is authoritative. At most 8192.",
     )  # fmt: skip
     input_height: int | None = spec_field(
         None, "Height of the input image tensor; null: the ONNX file's (which the engine is built for).",
-        valid_min=32, note="Accepted from TAO Deploy specs; the ONNX file's fixed size is authoritative.",
+        valid_min=32, limit_max=8192,
+        note="Accepted from TAO Deploy specs; the ONNX file's fixed size is authoritative. At most 8192.",
     )  # fmt: skip
     opset_version: int = spec_field(
-        17, "Operator set version of the ONNX model (informational: the ONNX file has its own).", valid_min=1
-    )
+        17, "Operator set version of the ONNX model (informational: the ONNX file has its own).", valid_min=1,
+        limit_max=OPSET_LIMIT, note=OPSET_NOTE,
+    )  # fmt: skip
     batch_size: int = spec_field(
-        -1, "Batch size of the engine; -1 uses the optimization profile.", valid_min=-1
-    )
+        -1, "Batch size of the engine; -1 uses the optimization profile.", valid_min=-1,
+        limit_max=DEPLOY_BATCH_LIMIT, note="Not 0; at most 256 here.",
+    )  # fmt: skip
     verbose: bool = spec_field(False, "Flag to enable verbose TensorRT logging.")
     tensorrt: TensorRTConfig = spec_field(TensorRTConfig, "TensorRT builder settings.")
     calibration: CalibrationConfig = spec_field(CalibrationConfig, "INT8 calibration settings.")
@@ -606,8 +698,9 @@ class QuantizeConfig:
         [], "Calibration images: folders, files or glob patterns (images like those the model will see)."
     )
     cal_images: int = spec_field(
-        100, "Number of calibration images (a fixed random sample when there are more).", valid_min=1
-    )
+        100, "Number of calibration images (a fixed random sample when there are more).", valid_min=1,
+        limit_max=1_000_000, note="At most 1000000 here.",
+    )  # fmt: skip
     calibration_method: str = spec_field(
         "Percentile",
         "How activation ranges are calibrated: MinMax, Entropy, or Percentile (99.999th percentile).",
