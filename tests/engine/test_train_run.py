@@ -154,6 +154,21 @@ def test_unknown_backbone_name_is_refused_before_training_starts(small_squares, 
     assert [line["status"] for line in read_status(results)] == ["STARTED", "FAILURE"]
 
 
+def test_a_training_that_cannot_fit_is_refused_before_anything_is_built(
+    small_squares, spec_file, tmp_path, cli
+):
+    spec = spec_file(small_squares)
+    result = cli(
+        "train", "-e", spec, "dataset.batch_size=1024", "dataset.augmentation.train_spatial_size=[8192,8192]"
+    )
+    assert result.code == 2 and len(result.error_lines) == 1, result.err
+    assert (
+        "training: batch 1024 at 8192x8192 needs" in result.err and "lower dataset.batch_size" in result.err
+    )
+    results = tmp_path / "results" / "train"
+    assert not list(results.glob("*.pth")) and not (results / "logs").exists()
+
+
 def test_bf16_training_clips_gradients(small_squares, spec_file, tmp_path):
     # Lightning refuses to clip gradients in mixed precision with a fused optimizer
     spec = spec_file(small_squares, train={"num_epochs": 1, "precision": "bf16", "clip_grad_norm": 0.1})

@@ -36,6 +36,7 @@ from rtdetr.engine.sync_bn import convert_to_global_batchnorm
 from rtdetr.errors import UserError
 from rtdetr.log import quiet_lightning
 from rtdetr.loss import HungarianMatcher, RTDETRCriterion
+from rtdetr.model.budget import check_training_budget, memory_bytes
 from rtdetr.status import StatusLogger
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ def build_module(cfg: ExperimentConfig, data: TrainingData) -> DetectionModule:
         input_size=list(cfg.dataset.augmentation.eval_spatial_size),
         toolkit_version=__version__,
     )
-    model = build_from_metadata(meta, load_pretrained_backbone=True)
+    model = build_from_metadata(meta, load_pretrained_backbone=True, training=True)
     backbone_prefixes(model, cfg.model.backbone_names)  # a name that matches nothing: refused before training
     if cfg.train.pretrained_model_path:
         load_pretrained_model(model, cfg.train.pretrained_model_path)
@@ -213,6 +214,17 @@ def _keep_previous_metrics(log_dir: Path) -> None:
         current.rename(log_dir / f"metrics.part{part:02d}.csv")
 
 
+def check_training_memory(cfg: ExperimentConfig, hardware) -> None:
+    """UserError before data or model are built when the spec's training cannot fit: in the first
+    GPU's memory, or on the CPU in this machine's memory shared by its processes."""
+    if hardware.accelerator == "cuda":
+        check_training_budget(cfg, memory=memory_bytes(f"cuda:{hardware.devices[0]}"))
+        return
+    total = memory_bytes()
+    per_node = max(1, hardware.world_size // hardware.num_nodes)
+    check_training_budget(cfg, memory=total // per_node if total else None)
+
+
 def seed_run(seed: int) -> None:
     """train.seed: seed every generator (and the loader workers') with it; a negative seed turns
     seeding off, torch's generator then starts from a fresh random seed (not its fixed default)."""
@@ -227,6 +239,7 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
     t = cfg.train
     quiet_lightning()
     hardware = resolve_hardware(t)
+    check_training_memory(cfg, hardware)
     if hardware.accelerator == "cpu":
         keep_freed_host_memory()
     if hardware.accelerator == "cpu" and hardware.world_size > 1:
