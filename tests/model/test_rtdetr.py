@@ -219,3 +219,12 @@ def test_denoising_self_attention_equals_one_masked_attention(make_targets, drop
     if dropout:  # training: dropout applies, so outputs differ between draws
         attn.train()
         assert not torch.equal(denoising_self_attention(attn, qk, value, dn.attn_mask, num_dn), ours)
+
+
+def test_every_activation_option_of_the_spec_builds():
+    from rtdetr.config.schema import ACTIVATIONS
+    from rtdetr.model.layers import get_activation
+
+    x = torch.linspace(-2, 2, 9)
+    for name in ACTIVATIONS:
+        assert get_activation(name)(x).shape == x.shape, name

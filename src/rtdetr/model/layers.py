@@ -13,6 +13,8 @@ _ACTIVATIONS = {
     "silu": nn.SiLU,
     "leaky_relu": nn.LeakyReLU,
     "hardswish": nn.Hardswish,
+    "mish": nn.Mish,
+    "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
 }
 
