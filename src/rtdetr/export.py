@@ -212,6 +212,7 @@ def export_onnx(
         onnx.checker.check_model(proto, full_check=True)
         atomic_write(path, lambda fh: fh.write(proto.SerializeToString()), mode="wb")
     except BaseException:
+        tmp.unlink(missing_ok=True)
         for folder in created:  # a failed export leaves no empty folders of its own behind
             with contextlib.suppress(OSError):
                 folder.rmdir()

@@ -71,13 +71,14 @@ def check_outputs_not_inputs(
         for in_name, in_path in ins:
             if _same_file(out_path, in_path):
                 raise UserError(
-                    f"{out_name}: {abbreviate(str(out_path), 120)} is also {in_name}, which this task reads; "
-                    "writing it would destroy the input: choose another path"
+                    f"{out_name}: {abbreviate(str(out_path), 120)} is the same file as {in_name}, which this "
+                    "task reads; writing it would destroy the input: choose another path"
                 )
         for other_name, other_path in outs[i + 1 :]:
             if _same_file(out_path, other_path):
                 raise UserError(
-                    f"{out_name}: {abbreviate(str(out_path), 120)} is also {other_name}; choose another path"
+                    f"{out_name}: {abbreviate(str(out_path), 120)} is the same file as {other_name}; "
+                    "choose another path"
                 )
 
 
