@@ -62,6 +62,7 @@ def check_bccd(parser: argparse.ArgumentParser, data: Path) -> None:
 def engine_optimizer(model, spec):
     """The optimizer `rtdetr train` builds for ``model`` from ``spec`` (its train.optim section and
     the model section's parameter-name lists): the engine's parameter groups and optimizer."""
+    from rtdetr.cpu.optim_step import in_place_variant
     from rtdetr.engine.optim import build_optimizer, param_groups
 
     o = spec.train.optim
@@ -71,8 +72,9 @@ def engine_optimizer(model, spec):
         lr_linear_proj_mult=o.lr_linear_proj_mult,
     )  # fmt: skip
     return build_optimizer(
-        groups, optimizer=o.optimizer, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
-    )
+        groups, optimizer=o.optimizer, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+        variant=in_place_variant,
+    )  # fmt: skip
 
 
 def command_line(argv: list[str] | None) -> str:

@@ -1,5 +1,5 @@
 """Convolution weight gradients on this CPU: oneDNN against ATen's im2col + GEMM, per convolution of
-the r18vd training model (what `rtdetr.engine.cpu_conv` chooses between).
+the r18vd training model (what `rtdetr.cpu.conv_grad` chooses between).
 
 The convolutions are those of the model of bench/train_throughput.py (the r18vd config, batch 4,
 channels-last) at --size, collected with forward hooks. For each distinct shape, in channels-last
@@ -30,7 +30,7 @@ def model_convolutions(size: int, batch: int) -> Counter:
     """(input shape, out channels, kernel, stride, padding) -> count, for one forward pass."""
     from rtdetr.model import build_model
     from rtdetr.model.convert_hf import model_args_from_hf_config
-    from rtdetr.testing import hf_config
+    from rtdetr.model.testing import hf_config
 
     model = build_model(**model_args_from_hf_config(hf_config("r18vd", num_labels=80))).train()
     shapes: Counter = Counter()
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from rtdetr.engine.host_memory import keep_freed_host_memory
+    from rtdetr.cpu.host_memory import keep_freed_host_memory
 
     keep_freed_host_memory()  # as `rtdetr train` on the CPU
     rows = []

@@ -155,9 +155,9 @@ def loader_pass(loader, max_batches: int) -> dict:
 
 def build_trainee(cfg):
     """The r18vd model, criterion and optimizer as the engine builds them."""
-    from rtdetr.checkpoint import ModelMetadata, build_from_metadata
     from rtdetr.config import spec_to_dict
     from rtdetr.engine.trainer import build_criterion
+    from rtdetr.model.checkpoint import ModelMetadata, build_from_metadata
 
     meta = ModelMetadata(
         model=spec_to_dict(cfg.model),

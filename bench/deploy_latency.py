@@ -47,9 +47,9 @@ def hf_twin(checkpoint: Path):
     """transformers' RTDetrForObjectDetection with the checkpoint's weights (an r18vd model)."""
     from transformers import RTDetrForObjectDetection
 
-    from rtdetr.checkpoint import load_model
+    from rtdetr.model.checkpoint import load_model
     from rtdetr.model.convert_hf import ours_state_dict_to_hf
-    from rtdetr.testing import hf_config
+    from rtdetr.model.testing import hf_config
 
     ours = load_model(checkpoint)
     config = hf_config("r18vd", num_labels=ours.metadata.num_classes)
@@ -140,8 +140,8 @@ def bench_size(size: int, args, folder: Path) -> dict:
 
     from rtdetr.data.images import load_image
     from rtdetr.deploy import TorchBackend
-    from rtdetr.detector import Detector
-    from rtdetr.tasks.export import output_difference
+    from rtdetr.deploy.detector import Detector
+    from rtdetr.deploy.parity import output_difference
 
     files = prepare(size, args, folder)
     first = json.loads((args.data / "annotations" / "instances_test.json").read_text())["images"][0]

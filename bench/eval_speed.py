@@ -5,7 +5,7 @@ detections per image (half of them jittered copies of true boxes with high score
 boxes with low scores, random classes), then times, in interleaved rounds, the whole evaluation
 from the in-memory ground-truth dict and results list to the 12 numbers:
 
-- ours: ``rtdetr.engine.metrics.evaluate_coco(gt, results)`` (what `rtdetr evaluate` calls);
+- ours: ``rtdetr.evaluation.coco.evaluate_coco(gt, results)`` (what `rtdetr evaluate` calls);
 - pycocotools: ``COCO()`` + ``createIndex``, ``loadRes``, ``COCOeval`` evaluate/accumulate/summarize.
 
 Both must give the same 12 numbers (to 1e-9) before any time counts. Prints a Markdown table and
@@ -65,7 +65,7 @@ def generate(images: int, detections: int, seed: int = 0) -> tuple[dict, list[di
 
 
 def ours(gt: dict, results: list[dict]) -> list[float]:
-    from rtdetr.engine.metrics import evaluate_coco
+    from rtdetr.evaluation.coco import evaluate_coco
 
     return list(evaluate_coco(gt, results)["stats"].values())
 

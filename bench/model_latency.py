@@ -1,7 +1,7 @@
 """Inference latency of our RT-DETR against transformers' RTDetrForObjectDetection.
 
 For r18vd and r50vd: build transformers' model with random weights (pure-torch path, the configs and
-weights of rtdetr.testing, as in tests/model/test_hf_parity.py), convert the weights to ours, check
+weights of rtdetr.model.testing, as in tests/model/test_hf_parity.py), convert the weights to ours, check
 that the outputs agree, then time in one process, in interleaved rounds (every round runs each
 variant once, in a rotating order, so that the machine's noise is shared fairly):
 
@@ -42,7 +42,7 @@ def build_pair(name: str) -> dict[str, nn.Module]:
 
     from rtdetr.model import build_model
     from rtdetr.model.convert_hf import hf_state_dict_to_ours, model_args_from_hf_config
-    from rtdetr.testing import hf_config, randomize_
+    from rtdetr.model.testing import hf_config, randomize_
 
     config = hf_config(name)
     torch.manual_seed(0)

@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             tail = (args.results_dir / "train.log").read_text().splitlines()[-20:]
             raise SystemExit(f"rtdetr train failed ({proc.returncode}):\n" + "\n".join(tail))
 
-    from rtdetr.status import read_status
+    from rtdetr.common.status import read_status
 
     status = read_status(train_dir)
     split = split_epochs(event_times(train_dir), args.epochs, steps_per_epoch)

@@ -1,8 +1,8 @@
 """Training throughput of our RT-DETR against transformers' RTDetrForObjectDetection.
 
-Same architecture on both sides (the r18vd config of rtdetr.testing, as in
+Same architecture on both sides (the r18vd config of rtdetr.model.testing, as in
 tests/model/test_hf_parity.py, num_labels 80), random variance-preserving weights
-(``rtdetr.testing.randomize_``) built in transformers and converted to ours, so both start equal.
+(``rtdetr.model.testing.randomize_``) built in transformers and converted to ours, so both start equal.
 A training step is: forward with the targets (denoising queries on), the loss, backward, AdamW step.
 
 - ours: ``build_model(**model_args_from_hf_config(cfg))`` prepared as the engine prepares it
@@ -14,7 +14,7 @@ A training step is: forward with the targets (denoising queries on), the loss, b
   ``torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)`` (the fused kernel, as
   transformers' Trainer uses by default with torch >= 2.8; ours fuses too).
 
-Ours runs with glibc malloc set to keep freed memory (``rtdetr.engine.host_memory``), as
+Ours runs with glibc malloc set to keep freed memory (``rtdetr.cpu.host_memory``), as
 ``rtdetr train`` runs on the CPU; transformers with its defaults (--host-allocator both gives it
 the same settings, none takes them from ours).
 
@@ -124,7 +124,7 @@ def build_side(name: str, settings: dict, conn) -> Side:
         from transformers import RTDetrForObjectDetection
 
         from rtdetr.model.convert_hf import hf_state_dict_to_ours, model_args_from_hf_config
-        from rtdetr.testing import hf_config, randomize_
+        from rtdetr.model.testing import hf_config, randomize_
 
         config = hf_config("r18vd", num_labels=NUM_LABELS)
         torch.manual_seed(0)
@@ -138,7 +138,7 @@ def build_side(name: str, settings: dict, conn) -> Side:
         return Side(name, model.train(), optimizer)
 
     from rtdetr.config import load_spec
-    from rtdetr.engine.cpu_conv import use_gemm_weight_grad
+    from rtdetr.cpu.conv_grad import use_gemm_weight_grad
     from rtdetr.engine.model_setup import use_channels_last
     from rtdetr.engine.trainer import build_criterion
     from rtdetr.model import build_model
@@ -175,7 +175,7 @@ def worker(name: str, settings: dict, conn) -> None:
     """Serve commands from the parent: ("check",), ("step", i), ("profile", n, top), ("stop",)."""
     torch.set_num_threads(settings["threads"])
     if settings["host_allocator"] == "both" or (settings["host_allocator"] == "ours" and name == "ours"):
-        from rtdetr.engine.host_memory import keep_freed_host_memory
+        from rtdetr.cpu.host_memory import keep_freed_host_memory
 
         if not keep_freed_host_memory():  # as `rtdetr train` on the CPU
             print(f"{name}: glibc malloc settings not applied (not Linux/glibc)", file=sys.stderr)
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-top", type=int, default=15, help="ops listed per profile")
     parser.add_argument(
         "--host-allocator", choices=("ours", "both", "none"), default="ours",
-        help="which sides keep freed host memory (rtdetr.engine.host_memory, as `rtdetr train` on the "
+        help="which sides keep freed host memory (rtdetr.cpu.host_memory, as `rtdetr train` on the "
         "CPU does); 'both' gives transformers the same malloc settings",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             "processes": "one spawned process per side, driven in interleaved rounds",
             "host_allocator": {
                 "ours": "ours keeps freed host memory (as `rtdetr train` on the CPU); transformers: glibc defaults",
-                "both": "both sides keep freed host memory (rtdetr.engine.host_memory)",
+                "both": "both sides keep freed host memory (rtdetr.cpu.host_memory)",
                 "none": "glibc defaults on both sides",
             }[args.host_allocator],
         },

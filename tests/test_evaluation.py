@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rtdetr.evaluation import confusion_matrix, metrics_table
+from rtdetr.evaluation.report import confusion_matrix, metrics_table
 
 
 def test_confusion_matrix_counts_matches_confusions_misses_and_false_alarms():

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from rtdetr.errors import UserError
-from rtdetr.render import PALETTE, class_colours, draw_detections, kitti_line, parse_colour
+from rtdetr.predict.draw import PALETTE, class_colours, draw_detections, kitti_line, parse_colour
 
 
 def test_kitti_line_is_taos_format():

@@ -13,8 +13,8 @@ import jsonschema
 import pytest
 import yaml
 
+from rtdetr.common.status import read_status
 from rtdetr.config.reference import default_spec, markdown_reference
-from rtdetr.status import read_status
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = ["train", "evaluate", "inference", "export", "distill", "gen_trt_engine"]
@@ -117,7 +117,7 @@ def test_task_results_dir_rule(tmp_path):
 
 
 def test_status_line_format(tmp_path):
-    from rtdetr.status import StatusLogger
+    from rtdetr.common.status import StatusLogger
 
     status = StatusLogger(tmp_path, enabled=True)
     status.write("RUNNING", "epoch done", kpi={"train_loss": 1.5}, epoch=0, max_epoch=10)
@@ -138,7 +138,7 @@ def test_status_line_format(tmp_path):
 
 
 def test_status_written_by_rank_zero_only(tmp_path, monkeypatch):
-    from rtdetr.status import StatusLogger
+    from rtdetr.common.status import StatusLogger
 
     monkeypatch.setenv("RANK", "1")
     StatusLogger(tmp_path).write("STARTED")

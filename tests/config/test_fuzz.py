@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 import rtdetr
-from rtdetr.checkpoint import model_kwargs
 from rtdetr.config.fields import FieldInfo, field_info
 from rtdetr.config.loader import spec_to_dict
 from rtdetr.config.reference import default_spec
@@ -22,6 +21,7 @@ from rtdetr.config.schema import ExperimentConfig
 from rtdetr.config.validate import schema_paths, type_hints, unwrap_optional
 from rtdetr.errors import UserError
 from rtdetr.model.budget import estimate_model_size
+from rtdetr.model.factory import model_kwargs
 
 SEED = 20260601
 CASES = 400

@@ -10,15 +10,14 @@ from pathlib import Path
 import pytest
 
 import rtdetr
-from rtdetr.config.loader import (
-    MAX_ALIAS_NODES,
-    MAX_DEPTH,
+from rtdetr.config.interpolation import (
     MAX_INTERPOLATED_CHARS,
     MAX_INTERPOLATED_NODES,
     MAX_REFERENCE_DEPTH,
     interpolation_problem,
-    read_spec_file,
 )
+from rtdetr.config.loader import read_spec_file
+from rtdetr.config.safe_yaml import MAX_ALIAS_NODES, MAX_DEPTH
 from rtdetr.errors import SpecError, UserError, abbreviate
 
 

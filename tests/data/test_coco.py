@@ -151,7 +151,7 @@ def test_bad_items_are_skipped_with_reasons(make_coco, tmp_path):
 
 
 def test_a_run_logs_the_summary_and_writes_every_skipped_item(make_coco, tmp_path, caplog):
-    from rtdetr.engine.data import ISSUES_LOG, report_source, write_issues
+    from rtdetr.data.sources import ISSUES_LOG, report_source, write_issues
 
     images = [{"id": 1}, {"id": 2}]
     anns = [

@@ -101,7 +101,7 @@ def test_unreadable_images_are_skipped(tmp_path, caplog):
 
 
 def test_images_left_out_do_not_count_as_missed():
-    from rtdetr.engine.metrics import evaluate_coco, without_images
+    from rtdetr.evaluation.coco import evaluate_coco, without_images
 
     gt = {
         "images": [{"id": 1, "width": 50, "height": 50}, {"id": 2, "width": 50, "height": 50}],

@@ -74,7 +74,7 @@ def test_batch_larger_than_dataset_is_a_user_error(records):
 
 
 def test_multi_scale_resize_is_nearest_neighbour_as_in_tao():
-    from rtdetr.engine.data import collate
+    from rtdetr.data.loader import collate
 
     image = torch.rand(3, 16, 16)
     expected = torch.nn.functional.interpolate(image[None], size=(8, 8), mode="nearest")[0]

@@ -1,7 +1,7 @@
 """A tiny exported model, calibration images, and a stand-in for the TensorRT Python API.
 
 ``fake_tensorrt`` is a small imitation of the part of TensorRT 10's Python API that
-rtdetr.tensorrt_build calls (builder, network from the ONNX nodes, config, profiles, timing cache,
+rtdetr.deploy.tensorrt_build calls (builder, network from the ONNX nodes, config, profiles, timing cache,
 calibrator callbacks read through the pointers it returns). It checks our wiring on a machine
 without a GPU; it says nothing about what the real TensorRT accepts.
 """
@@ -20,10 +20,10 @@ import pytest
 import torch
 from PIL import Image
 
-from rtdetr.checkpoint import ModelMetadata
-from rtdetr.export import export_onnx
+from rtdetr.deploy.export import export_onnx
 from rtdetr.model import build_model
-from rtdetr.testing import randomize_
+from rtdetr.model.checkpoint import ModelMetadata
+from rtdetr.model.testing import randomize_
 
 TINY = dict(
     num_classes=3, backbone="resnet_18vd", num_queries=10, hidden_dim=32, feat_channels=[32, 32, 32],

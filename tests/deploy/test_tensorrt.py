@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from rtdetr import tensorrt_build as tb
+from rtdetr.common.status import read_status
 from rtdetr.config.schema import GenTrtEngineConfig
 from rtdetr.data.images import load_image
 from rtdetr.deploy import OnnxBackend, load_backend
+from rtdetr.deploy import tensorrt_build as tb
+from rtdetr.deploy import tensorrt_common as tc
+from rtdetr.deploy.detector import Detector
 from rtdetr.deploy.tensorrt_backend import chunk_plan, cuda_device
-from rtdetr.detector import Detector
 from rtdetr.errors import UserError
-from rtdetr.status import read_status
 
 NO_TRT = "needs TensorRT and a CUDA GPU"
 
@@ -217,22 +218,22 @@ def test_the_cli_reports_spec_mistakes_before_tensorrt(
 def test_require_tensorrt_names_what_is_missing(monkeypatch, no_tensorrt):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match=r"\(TensorRT is not installed and PyTorch sees no CUDA GPU\)"):
-        tb.require_tensorrt()
+        tc.require_tensorrt()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(
         UserError, match=r"^gen_trt_engine needs TensorRT and a CUDA GPU \(TensorRT is not installed\)"
     ):
-        tb.require_tensorrt()
+        tc.require_tensorrt()
 
 
 def test_require_tensorrt_without_a_gpu(fake_tensorrt, monkeypatch):
-    assert tb.require_tensorrt() is fake_tensorrt
+    assert tc.require_tensorrt() is fake_tensorrt
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(
         UserError,
         match=r"^gen_trt_engine needs TensorRT and a CUDA GPU \(PyTorch sees no CUDA GPU\): install",
     ):
-        tb.require_tensorrt()
+        tc.require_tensorrt()
 
 
 def test_load_backend_of_an_engine_gives_the_tensorrt_error(tmp_path, tiny_onnx, no_tensorrt):
@@ -243,7 +244,7 @@ def test_load_backend_of_an_engine_gives_the_tensorrt_error(tmp_path, tiny_onnx,
     with pytest.raises(UserError, match=r"x.engine.json is missing beside the engine: .* copy it along"):
         load_backend(engine)
     meta, export_info, _, _ = tb.read_onnx_input(tiny_onnx)
-    tb.write_engine_metadata(engine, meta, export_info, {"data_type": "FP16"})
+    tc.write_engine_metadata(engine, meta, export_info, {"data_type": "FP16"})
     with pytest.raises(UserError) as err:
         load_backend(engine)
     assert str(err.value).startswith("running the TensorRT engine x.engine needs TensorRT and a CUDA GPU (")
@@ -266,13 +267,13 @@ def test_build_engine_fp16_profile_timing_cache_and_metadata(fake_tensorrt, tiny
         {"inputs": ((1, 3, 64, 64), (2, 3, 64, 64), (4, 3, 64, 64))}
     ]
     assert engine.read_bytes() == b"fake-engine" and cache.read_bytes() == b"+timing"
-    data = json.loads(tb.engine_metadata_path(engine).read_text())
+    data = json.loads(tc.engine_metadata_path(engine).read_text())
     assert data["class_names"] == ["cat", "dog", "bird"] and data["input_size"] == [64, 64]
     assert data["export"]["batch_size"] == -1
     assert {k: data["tensorrt"][k] for k in ("data_type", "min_batch_size", "opt_batch_size", "max_batch_size")} == {
         "data_type": "FP16", "min_batch_size": 1, "opt_batch_size": 2, "max_batch_size": 4,
     }  # fmt: skip
-    meta, info = tb.read_engine_metadata(engine)
+    meta, info = tc.read_engine_metadata(engine)
     assert meta.num_classes == 3 and info["tensorrt"]["version"] == "10.0.0-fake"
     tb.build_engine(tiny_onnx, engine, **kwargs)  # the second build starts from the saved timing cache
     assert (

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from rtdetr.config import load_spec
+from rtdetr.cpu.optim_step import in_place_variant
 from rtdetr.data.sampling import EpochBatchSampler, KeyedDataset
 from rtdetr.engine.ema import EMA
 from rtdetr.engine.hardware import resolve_hardware
@@ -128,7 +129,9 @@ def test_fused_step_updates_channels_last_weights_in_place(kind):
         groups = [{"params": list(net.parameters())}]
         extra = {"betas": (0.8, 0.999)} if kind == "AdamW" else {"momentum": 0.8}
         if ours:
-            opt = build_optimizer(groups, optimizer=kind, lr=1e-2, momentum=0.8, weight_decay=1e-4)
+            opt = build_optimizer(
+                groups, optimizer=kind, lr=1e-2, momentum=0.8, weight_decay=1e-4, variant=in_place_variant
+            )
         else:
             opt = getattr(torch.optim, kind)(groups, lr=1e-2, weight_decay=1e-4, fused=True, **extra)
         x = torch.rand(2, 8, 9, 9).contiguous(memory_format=torch.channels_last)
@@ -372,9 +375,9 @@ def test_ctrl_c_is_deferred_to_the_next_step_and_a_second_one_stops_at_once():
 
 
 def test_validation_leaves_unreadable_images_out_of_loss_and_scores(model, monkeypatch, caplog, tmp_path):
-    from rtdetr.checkpoint import ModelMetadata
     from rtdetr.engine.module import DetectionModule
     from rtdetr.engine.trainer import build_criterion
+    from rtdetr.model.checkpoint import ModelMetadata
 
     spec = load_spec({})
     module = DetectionModule(
@@ -430,8 +433,8 @@ def test_validation_leaves_unreadable_images_out_of_loss_and_scores(model, monke
     assert logged == [] and "no validation image could be read" in caplog.text
 
     # and status.json's kpi of that epoch has no mAP (Lightning's callback_metrics keep the last one)
+    from rtdetr.common.status import StatusLogger, read_status
     from rtdetr.engine.callbacks import StatusCallback
-    from rtdetr.status import StatusLogger, read_status
 
     status_dir = tmp_path / "status"
     callback = StatusCallback(StatusLogger(status_dir, enabled=True))
@@ -489,7 +492,7 @@ def test_large_seeds_give_valid_deterministic_batches():
 
 
 def test_negative_seed_draws_a_fresh_random_order_each_run():
-    from rtdetr.engine.data import make_loader
+    from rtdetr.data.loader import make_loader
 
     class Draw(torch.utils.data.Dataset):
         def __len__(self):
@@ -526,9 +529,9 @@ def test_negative_seed_reseeds_torch_randomly_and_a_seed_repeats():
 def test_frozen_decoder_keeps_its_auxiliary_and_denoising_losses(model):
     """A frozen part keeps only its norm and dropout layers in eval mode: a frozen decoder still
     returns the outputs of every layer and of the denoising groups, so every loss term is computed."""
-    from rtdetr.checkpoint import ModelMetadata
     from rtdetr.engine.module import DetectionModule
     from rtdetr.engine.trainer import build_criterion
+    from rtdetr.model.checkpoint import ModelMetadata
 
     spec = load_spec({})
     net = build_model(**TINY, dropout_ratio=0.1)

@@ -1,8 +1,8 @@
 """`rtdetr quickstart` needs no user data: it trains on the shipped BCCD sample."""
 
 from rtdetr.cli import main
-from rtdetr.quickstart import sample_dir
-from rtdetr.status import read_status
+from rtdetr.common.status import read_status
+from rtdetr.tasks.quickstart import sample_dir
 
 
 def test_sample_ships_with_its_license():

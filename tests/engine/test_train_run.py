@@ -16,10 +16,10 @@ import torch
 import yaml
 
 import rtdetr
-from rtdetr.checkpoint import load_model, read_checkpoint
 from rtdetr.cli import main
+from rtdetr.common.status import read_status
 from rtdetr.engine.callbacks import latest_checkpoint
-from rtdetr.status import read_status
+from rtdetr.model.checkpoint import load_model, read_checkpoint
 from synthetic import make_dataset  # tests/synthetic.py, on the path via tests/conftest.py
 
 
@@ -383,7 +383,7 @@ def test_ddp_step_equals_one_process_step(tmp_path, spec_file):
     (and in eval mode, its BatchNorm statistics fixed): its max pooling sends a gradient to the arg-max of each
     window, and float-order noise flips near-ties there, which alone moves backbone gradients by
     ~1e-3 between two float32 runs."""
-    from rtdetr.checkpoint import ModelMetadata, build_from_metadata, save_checkpoint
+    from rtdetr.model.checkpoint import ModelMetadata, build_from_metadata, save_checkpoint
 
     data = tmp_path / "eight"
     make_dataset(data, "train", 8, seed=4)

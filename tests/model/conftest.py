@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from rtdetr.model import build_model
-from rtdetr.testing import randomize_
+from rtdetr.model.testing import randomize_
 
 TINY = dict(
     num_classes=5,
@@ -54,7 +54,7 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def randomize():
-    """randomize(model, seed=0): see `rtdetr.testing.randomize_`."""
+    """randomize(model, seed=0): see `rtdetr.model.testing.randomize_`."""
     return randomize_
 
 

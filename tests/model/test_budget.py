@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import rtdetr
-from rtdetr.checkpoint import ModelMetadata, build_from_metadata
 from rtdetr.config.loader import spec_to_dict
 from rtdetr.errors import SpecError, UserError
 from rtdetr.model import budget
@@ -22,6 +21,7 @@ from rtdetr.model.budget import (
     estimate_training,
     memory_bytes,
 )
+from rtdetr.model.checkpoint import ModelMetadata, build_from_metadata
 
 # every model field at its largest bound: a model of ~1.3 T parameters
 LARGEST = {

@@ -10,11 +10,11 @@ import pytest
 import torch
 from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrResNetConfig  # noqa: E402
 
-from rtdetr.checkpoint import ModelMetadata, load_model, save_checkpoint
 from rtdetr.cli import main
 from rtdetr.config.schema import ModelConfig
 from rtdetr.errors import UserError
 from rtdetr.model import build_model
+from rtdetr.model.checkpoint import ModelMetadata, load_model, save_checkpoint
 
 # Fields of the model section that are not architecture: they configure the loss, training,
 # distillation or post-processing, and are read there.
@@ -120,7 +120,7 @@ def _tiny_meta(**model) -> ModelMetadata:
 
 
 def test_load_model_rebuilds_from_the_file_alone(tmp_path):
-    from rtdetr.checkpoint import build_from_metadata
+    from rtdetr.model.checkpoint import build_from_metadata
 
     meta = _tiny_meta()
     torch.manual_seed(1)
@@ -156,7 +156,7 @@ def test_load_model_bad_files(tmp_path, content, message):
 
 
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
-    from rtdetr.checkpoint import build_from_metadata
+    from rtdetr.model.checkpoint import build_from_metadata
 
     meta = _tiny_meta()
     path = save_checkpoint(tmp_path / "m.pth", build_from_metadata(meta), meta)
@@ -167,7 +167,7 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_info_reports_parameters_and_gflops(tmp_path, capsys):
-    from rtdetr.checkpoint import build_from_metadata
+    from rtdetr.model.checkpoint import build_from_metadata
 
     meta = _tiny_meta()
     model = build_from_metadata(meta)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from rtdetr.model.deform_attn import MSDeformableAttention
-from rtdetr.testing import randomize_
+from rtdetr.model.testing import randomize_
 
 SHAPES = [(6, 8), (3, 4), (2, 2)]  # non-square levels
 

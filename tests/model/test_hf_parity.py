@@ -25,7 +25,7 @@ from rtdetr.model.convert_hf import (  # noqa: E402
     model_args_from_hf_config,
     ours_state_dict_to_hf,
 )
-from rtdetr.testing import hf_config  # noqa: E402
+from rtdetr.model.testing import hf_config  # noqa: E402
 
 SIZES = [(640, 640), (480, 640)]
 TOL = 1e-4

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from coco_reference import pycocotools_stats  # tests/, on the path via tests/conftest.py
-from rtdetr.engine.metrics import STAT_NAMES
-from rtdetr.status import read_status
+from rtdetr.common.status import read_status
+from rtdetr.evaluation.coco import STAT_NAMES
 
 
 def test_evaluate_reports_the_numbers_of_pycocotools(cli, task_spec, trained, tmp_path):

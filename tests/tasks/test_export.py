@@ -15,11 +15,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from rtdetr import Detector, fileio
-from rtdetr.checkpoint import ModelMetadata, load_model
+from rtdetr import Detector
+from rtdetr.common import files as fileio
+from rtdetr.common.status import read_status
 from rtdetr.deploy import OnnxBackend, TorchBackend
-from rtdetr.export import class_zero_is_real, read_onnx_metadata
-from rtdetr.status import read_status
+from rtdetr.deploy.export import class_zero_is_real, read_onnx_metadata
+from rtdetr.model.checkpoint import ModelMetadata, load_model
 
 
 def _dims(value_info) -> list:

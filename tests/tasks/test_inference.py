@@ -14,9 +14,9 @@ from PIL import Image
 
 from coco_reference import pycocotools_stats  # tests/, on the path via tests/conftest.py
 from rtdetr import Detector
+from rtdetr.common.status import read_status
 from rtdetr.data.video import VideoReader, VideoWriter
 from rtdetr.errors import UserError
-from rtdetr.status import read_status
 
 KITTI = re.compile(
     r"^(\S+) 0\.00 0 0\.00 (-?\d+\.\d{3}) (-?\d+\.\d{3}) (-?\d+\.\d{3}) (-?\d+\.\d{3}) "

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rtdetr import Detector
-from rtdetr.export import read_onnx_metadata
+from rtdetr.deploy.export import read_onnx_metadata
 
 
 @pytest.fixture(scope="module")

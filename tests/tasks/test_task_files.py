@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import rtdetr
-from rtdetr.checkpoint import ModelMetadata, save_checkpoint
+from rtdetr.common.status import read_status
 from rtdetr.model import build_model
-from rtdetr.status import read_status
+from rtdetr.model.checkpoint import ModelMetadata, save_checkpoint
 from rtdetr.tasks.runner import check_task_files, task_results_dir
 
 TINY = dict(

@@ -356,7 +356,7 @@ def load_coco(
     source = CocoSource(
         [str(json_file)], list(records.values()), categories, num_classes, remap_mscoco_category, report
     )
-    return source  # the summary: source.summary_lines() (rtdetr.engine.data.read_sources logs it)
+    return source  # the summary: source.summary_lines() (rtdetr.data.sources.read_sources logs it)
 
 
 def _check_num_classes(json_file: Path, categories: dict[int, str], num_classes: int, remap: bool) -> None:

@@ -1,4 +1,4 @@
-"""Data loaders: batching, per-batch multi-scale resize, seeding.
+"""Data loaders: batching, per-batch multi-scale resize, seeding, deterministic batch order.
 
 A batch is (images float32 [B, 3, H, W], targets: list of B target dicts). Boxes are normalised
 cxcywh, so a multi-scale resize of the whole batch leaves the targets unchanged.
@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from rtdetr.data.dataset import CocoDetection
+from rtdetr.data.sampling import EpochBatchSampler, KeyedDataset
 from rtdetr.errors import UserError
 
 
@@ -123,3 +125,54 @@ def build_eval_loader(
         dataset, batch_size, workers, pin_memory,
         shuffle=False, sampler=sampler, drop_last=False, collate_fn=BatchCollate(None),
     )  # fmt: skip
+
+
+def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[torch.Tensor, list[dict]]:
+    """Stack a batch; when its samples carry a multi-scale ``scale``, resize it to [scale, scale]
+    (nearest-neighbour, see resize_batch).
+
+    Boxes are normalised, so the targets stay as they are.
+    """
+    images = torch.stack([image for image, _ in batch])
+    targets = [target for _, target in batch]
+    scale = targets[0].pop("scale", 0)
+    for t in targets[1:]:
+        t.pop("scale", None)
+    if scale:
+        images = resize_batch(images, scale)
+    return images, targets
+
+
+def make_loader(
+    dataset: CocoDetection,
+    *,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool,
+    train: bool,
+    seed: int,
+    scales: list[int] | None = None,
+    world_size: int = 1,
+) -> DataLoader:
+    """A loader of deterministic batches (see rtdetr.data.sampling); a ``seed`` < 0 (train.seed's
+    "disabled") draws a random seed for this run."""
+    run_seed = None if seed < 0 else seed
+    sampler = EpochBatchSampler(
+        len(dataset), batch_size, shuffle=train, drop_last=train, seed=run_seed, scales=scales or (),
+        world_size=world_size,
+    )  # fmt: skip
+    if train and len(sampler) == 0:
+        raise UserError(
+            f"the training set has {len(dataset)} images, fewer than one batch of dataset.batch_size "
+            f"{batch_size} x {world_size} process(es); the last incomplete batch is dropped: lower dataset.batch_size"
+        )
+    return DataLoader(
+        KeyedDataset(dataset, run_seed),
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        collate_fn=collate,
+        worker_init_fn=init_worker,
+        multiprocessing_context="fork" if workers > 0 and os.name == "posix" else None,
+        persistent_workers=False,
+    )

@@ -1,4 +1,6 @@
-"""Inference inputs: folders, single files and glob patterns -> image files and video files."""
+"""Where a run's data come from: the spec's COCO sources (read, summarised in the log, their skipped
+items in the results folder's issue log), and inference inputs (folders, single files and glob
+patterns -> image files and video files)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rtdetr.common.files import atomic_write_text
+from rtdetr.config import ExperimentConfig
+from rtdetr.data.coco import ISSUES_LOG, CocoSource, concat_sources, load_coco
 from rtdetr.errors import UserError
+from rtdetr.log import is_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +94,43 @@ def list_inputs(
             found.ignored[0],
         )
     return found
+
+
+def read_sources(cfg: ExperimentConfig, which: str, issues: list[str] | None = None) -> CocoSource:
+    """The COCO source(s) of ``which`` ("train", "val" or "test") as one; each source's summary is
+    logged (images, boxes per class, skipped items by reason and the first few), and its skipped
+    items appended to ``issues`` (lines for the results directory's issue log, see write_issues)."""
+    d = cfg.dataset
+    raw = {"train": d.train_data_sources, "val": [d.val_data_sources], "test": [d.test_data_sources]}[which]
+    sources = [
+        load_coco(
+            s.json_file, s.image_dir, num_classes=d.num_classes, remap_mscoco_category=d.remap_mscoco_category
+        )
+        for s in raw
+    ]
+    for source in sources:
+        report_source(source, which, issues)
+    return concat_sources(sources)
+
+
+def report_source(source: CocoSource, name: str, issues: list[str] | None = None) -> None:
+    """Log the source's summary; append every skipped item (after a count per reason) to ``issues``."""
+    if not is_rank_zero():
+        return
+    for line in source.summary_lines():
+        log.info("%s data: %s", name, line)
+    if issues is not None and len(source.report):
+        issues.append(f"# {name}: {', '.join(source.json_files)}")
+        issues += source.report.log_lines()
+
+
+def write_issues(results_dir: Path, issues: list[str]) -> None:
+    """The issue log of a run whose data were read: written whole (atomically), or removed when
+    there is nothing to report (a log of an earlier run stays until then)."""
+    if not is_rank_zero():
+        return
+    path = Path(results_dir) / ISSUES_LOG
+    if issues:
+        atomic_write_text(path, "\n".join(issues) + "\n")
+    else:
+        path.unlink(missing_ok=True)

@@ -1,41 +1,13 @@
-"""Runners of a trained model that evaluate, inference and the Detector API share.
+"""Everything after training: ONNX export, INT8 quantization, the TensorRT builder, the runtime
+backends and the ``Detector`` API.
 
-A backend maps a batch of preprocessed images (float32 [B, 3, H, W], RGB in [0, 1]) to the raw
-outputs (``pred_logits`` [B, Q, C], ``pred_boxes`` [B, Q, 4] normalised cxcywh) as float32 CPU
-tensors, and carries the model's metadata (class names, category ids, input size).
+Modules: ``export`` (ONNX with TAO's contract, DeepStream files), ``quantize`` (ONNX Runtime INT8),
+``calibration`` (calibration images, read with the model's own preprocessing), ``tensorrt_build``
+(gen_trt_engine), ``tensorrt_common`` (what the builder and the TensorRT runtime share),
+``backends`` (PyTorch, ONNX Runtime and TensorRT runners), ``detector`` (the Python API).
 """
 
-from __future__ import annotations
+from rtdetr.deploy.backends import OnnxBackend, TensorRTBackend, TorchBackend, load_backend
+from rtdetr.deploy.detector import Detections, Detector
 
-import os
-import zipfile
-from pathlib import Path
-
-from rtdetr.deploy.onnx_backend import OnnxBackend
-from rtdetr.deploy.torch_backend import TorchBackend
-from rtdetr.fileio import looks_like_onnx
-
-__all__ = ["OnnxBackend", "TorchBackend", "load_backend"]
-
-
-ENGINE_SUFFIXES = (".engine", ".trt", ".plan")
-
-
-def load_backend(path: str | os.PathLike, device: str | None = None):
-    """The backend for a model file: ``.onnx`` runs in ONNX Runtime (CUDA when available, else the
-    CPU), ``.engine`` (``.trt``, ``.plan``) in TensorRT, anything else as a checkpoint in PyTorch (or in ONNX
-    Runtime when it is an ONNX file after all)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".onnx" or (
-        suffix not in ENGINE_SUFFIXES
-        and path.is_file()
-        and not zipfile.is_zipfile(path)
-        and looks_like_onnx(path)
-    ):  # an ONNX file under another name runs as one
-        return OnnxBackend(path, device=device)
-    if suffix in ENGINE_SUFFIXES:
-        from rtdetr.deploy.tensorrt_backend import TensorRTBackend
-
-        return TensorRTBackend(path, device=device)
-    return TorchBackend.from_checkpoint(path, device=device)
+__all__ = ["Detections", "Detector", "OnnxBackend", "TensorRTBackend", "TorchBackend", "load_backend"]

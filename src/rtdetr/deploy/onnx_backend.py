@@ -8,8 +8,11 @@ import platform
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
+from rtdetr.deploy.export import inspect_onnx
+from rtdetr.deploy.torch_backend import resolve_device
 from rtdetr.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -17,10 +20,6 @@ log = logging.getLogger(__name__)
 
 def _providers(device: str | None) -> list:
     """ONNX Runtime's providers for ``device``: None uses CUDA when ONNX Runtime and torch see a GPU."""
-    import onnxruntime as ort
-
-    from rtdetr.deploy.torch_backend import resolve_device
-
     has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     if device is None:
         device = "cuda" if has_cuda and torch.cuda.is_available() else "cpu"
@@ -63,10 +62,6 @@ class OnnxBackend:
     """
 
     def __init__(self, path: str | os.PathLike, device: str | None = None, threads: int | None = None):
-        import onnxruntime as ort
-
-        from rtdetr.export import inspect_onnx
-
         self.path = Path(path)
         info = inspect_onnx(self.path)
         self.metadata, self.export_info = info.metadata, info.export_info

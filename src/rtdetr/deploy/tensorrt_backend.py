@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from rtdetr.deploy.tensorrt_common import make_logger, read_engine_metadata, require_tensorrt
 from rtdetr.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,6 @@ class TensorRTBackend:
     """
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device | None = None):
-        from rtdetr.tensorrt_build import make_logger, read_engine_metadata, require_tensorrt
 
         self.path = Path(path)
         if not self.path.is_file():

@@ -7,8 +7,8 @@ import os
 
 import torch
 
-from rtdetr.checkpoint import ModelMetadata, load_model
 from rtdetr.errors import UserError
+from rtdetr.model.checkpoint import ModelMetadata, load_model
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import re
@@ -15,9 +14,11 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTheme
 
-from rtdetr.fileio import atomic_write
-from rtdetr.status import StatusLogger
+from rtdetr.common.files import atomic_write
+from rtdetr.common.status import StatusLogger
 
 log = logging.getLogger(__name__)
 
@@ -193,57 +194,9 @@ def _hms(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def plot_curves(metrics_csvs: list[str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:
-    """PNG plots of the loss and mAP curves per epoch from Lightning's metrics CSV files (the parts
-    of a resumed run, oldest first; later values win)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    series: dict[str, dict[int, float]] = {}
-    for metrics_csv in map(Path, metrics_csvs):
-        if not metrics_csv.exists():
-            continue
-        with metrics_csv.open() as fh:
-            for row in csv.DictReader(fh):
-                if not row.get("epoch"):
-                    continue
-                epoch = int(float(row["epoch"]))
-                for key in ("train_loss_epoch", "val_loss", "val_mAP", "val_mAP50"):
-                    if row.get(key):
-                        series.setdefault(key, {})[epoch] = float(row[key])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, keys, ylabel in (
-        ("loss.png", ("train_loss_epoch", "val_loss"), "loss"),
-        ("map.png", ("val_mAP", "val_mAP50"), "COCO mAP"),
-    ):
-        present = [k for k in keys if series.get(k)]
-        if not present:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key in present:
-            epochs = sorted(series[key])
-            ax.plot(epochs, [series[key][e] for e in epochs], marker="o", label=key.replace("_epoch", ""))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        path = out_dir / name
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
-    return written
-
-
 def progress_bar() -> L.Callback:
     """Lightning's default progress bar (rich where installed, else tqdm) with the metrics in 4
     significant digits: an lr of 1e-4 shows as 0.0001, not rich's default 0.000."""
-    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
-    from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTheme
 
     class TQDMBar(TQDMProgressBar):
         def get_metrics(self, trainer, pl_module) -> dict:  # tqdm itself shows floats with 3 digits

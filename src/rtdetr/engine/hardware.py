@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from rtdetr.config.schema import TrainConfig
 from rtdetr.errors import UserError
@@ -58,12 +59,8 @@ def resolve_hardware(train: TrainConfig, cuda_available: bool | None = None) -> 
     if train.distributed_strategy == "fsdp":
         if not cuda:
             raise UserError("train.distributed_strategy: fsdp needs CUDA GPUs; use ddp on the CPU")
-        from lightning.pytorch.strategies import FSDPStrategy
-
         strategy = FSDPStrategy()
     elif world > 1:
-        from lightning.pytorch.strategies import DDPStrategy
-
         strategy = DDPStrategy(process_group_backend="nccl" if cuda else "gloo", find_unused_parameters=False)
     else:
         strategy = "auto"

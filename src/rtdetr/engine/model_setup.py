@@ -11,9 +11,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from rtdetr.checkpoint import STATE_PREFIX
 from rtdetr.errors import UserError
-from rtdetr.fileio import torch_load_weights
+from rtdetr.model.checkpoint import STATE_PREFIX
+from rtdetr.model.decoder import TransformerDecoderLayer
+from rtdetr.model.encoder import TransformerEncoderLayer
+from rtdetr.model.weights import torch_load_weights
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,6 @@ def _checkpointed(layer: nn.Module, forward):
 def enable_activation_checkpointing(model: nn.Module, layer_types: tuple[type, ...] | None = None) -> int:
     """Make every transformer layer (encoder and decoder) recompute its activations in the backward
     pass instead of storing them. Parameter names and outputs are unchanged. Returns the count."""
-    from rtdetr.model.decoder import TransformerDecoderLayer
-    from rtdetr.model.encoder import TransformerEncoderLayer
 
     layer_types = layer_types or (TransformerEncoderLayer, TransformerDecoderLayer)
     count = 0

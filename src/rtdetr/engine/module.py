@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from rtdetr.checkpoint import ModelMetadata
 from rtdetr.config.schema import OptimConfig
-from rtdetr.engine.metrics import coco_results, evaluate_coco, without_images
 from rtdetr.engine.model_setup import use_channels_last
 from rtdetr.engine.optim import StepSchedule, apply_spec_settings, base_lr, build_optimizer, param_groups
 from rtdetr.errors import UserError
+from rtdetr.evaluation.coco import coco_results, evaluate_coco, without_images
 from rtdetr.loss import total_loss
+from rtdetr.model.checkpoint import ModelMetadata
 from rtdetr.model.postprocess import detections_per_image
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class DetectionModule(L.LightningModule):
         # kept in eval mode, see train(); held as objects, whatever wrapper names them later (FSDP)
         self._frozen_modules = [modules[name] for name in frozen]
         self.channels_last = False  # see to_channels_last
+        self.optimizer_variant = None  # a subclass of the fused optimizer (rtdetr.cpu sets one)
         # per validation image id: its COCO detections, None when unreadable; the first occurrence
         # counts (DDP pads a rank's last batch with repeats)
         self._val_images: dict[int, list[dict] | None] = {}
@@ -274,6 +275,7 @@ class DetectionModule(L.LightningModule):
             momentum=o.momentum,
             weight_decay=o.weight_decay,
             fused=not mixed_clipped,
+            variant=self.optimizer_variant,
         )
         steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs))
         schedule = StepSchedule(

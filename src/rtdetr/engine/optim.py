@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from rtdetr.errors import UserError
-from rtdetr.model.layers import channels_last_dense
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +94,20 @@ def base_lr(optimizer: torch.optim.Optimizer) -> float:
 
 
 def build_optimizer(
-    groups: list[dict], *, optimizer: str, lr: float, momentum: float, weight_decay: float, fused: bool = True
+    groups: list[dict],
+    *,
+    optimizer: str,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    fused: bool = True,
+    variant: Callable[[type], type] | None = None,
 ):
     """AdamW (``momentum`` is beta1) or SGD with momentum over the parameter groups.
 
     With ``fused``, torch's fused implementation where the parameters' device has one (the same
-    update, one kernel over all parameters: AdamW's step on the CPU for r18vd takes 13 ms instead of
-    53 ms), otherwise the default one."""
+    update, one kernel over all parameters instead of a loop over them), otherwise the default one;
+    ``variant`` maps the fused optimizer class to a subclass (rtdetr.cpu's in-place step)."""
     if optimizer == "AdamW":
         kind, kwargs = torch.optim.AdamW, {"betas": (momentum, 0.999)}
     elif optimizer == "SGD":
@@ -111,75 +117,10 @@ def build_optimizer(
     if not fused:
         return kind(groups, lr=lr, weight_decay=weight_decay, **kwargs)
     try:
-        fused_kind = AdamW if kind is torch.optim.AdamW else SGD
+        fused_kind = variant(kind) if variant is not None else kind
         return fused_kind(groups, lr=lr, weight_decay=weight_decay, fused=True, **kwargs)
     except RuntimeError:  # e.g. parameters on a device without a fused kernel
         return kind(groups, lr=lr, weight_decay=weight_decay, **kwargs)
-
-
-def _as_nhwc(t: torch.Tensor) -> None:
-    """A channels-last [O, I, kh, kw] tensor becomes the contiguous [O, kh, kw, I] one with the same memory."""
-    o, i, h, w = t.shape
-    t.set_(t.untyped_storage(), t.storage_offset(), (o, h, w, i), (h * w * i, w * i, i, 1))
-
-
-def _as_nchw_view(t: torch.Tensor) -> None:
-    """The inverse of _as_nhwc."""
-    o, h, w, i = t.shape
-    t.set_(t.untyped_storage(), t.storage_offset(), (o, i, h, w), (h * w * i, 1, w * i, i))
-
-
-_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
-
-
-class InPlaceChannelsLast:
-    """A fused optimizer (mixin) whose CPU step updates channels-last weights in place.
-
-    torch's fused CPU kernel makes contiguous copies of tensors that are not contiguous, such as
-    channels-last gradients (r18vd, channels-last: a 30 ms AdamW step instead of 20 ms).
-    During the update, each channels-last CPU weight, its gradient and its state are viewed as the
-    contiguous NHWC tensors their memory holds (metadata only, ``set_``); the closure (forward and
-    backward) runs before, and the usual shapes and layouts are back after. The update is the same to
-    the bit, and state dicts are unchanged. Not in a distributed run: changing a weight's shape, even
-    for a moment, drops the gradient hooks that DDP registered on it."""
-
-    def step(self, closure=None):
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return super().step(closure)
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        viewed = []
-        with torch.no_grad():
-            try:
-                for group in self.param_groups:
-                    for p in group["params"]:
-                        if p.grad is None or not channels_last_dense(p) or p.device.type != "cpu":
-                            continue
-                        tensors = [p, p.grad, *self._state_tensors(p)]
-                        if all(channels_last_dense(t) and t.shape == p.shape for t in tensors):
-                            for t in tensors:
-                                _as_nhwc(t)
-                            viewed.append(p)
-                super().step()
-            finally:  # with the state a first step created, in the NHWC shape of its weight
-                for p in viewed:
-                    for t in {id(t): t for t in (p, p.grad, *self._state_tensors(p))}.values():
-                        _as_nchw_view(t)
-        return loss
-
-    def _state_tensors(self, p: torch.Tensor) -> list[torch.Tensor]:
-        state = self.state.get(p, {})
-        return [state[k] for k in _STATE_KEYS if torch.is_tensor(state.get(k))]
-
-
-class AdamW(InPlaceChannelsLast, torch.optim.AdamW):
-    """torch's AdamW; fused, it updates channels-last CPU weights in place (InPlaceChannelsLast)."""
-
-
-class SGD(InPlaceChannelsLast, torch.optim.SGD):
-    """torch's SGD; fused, it updates channels-last CPU weights in place (InPlaceChannelsLast)."""
 
 
 class StepSchedule:

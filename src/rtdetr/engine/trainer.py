@@ -2,42 +2,40 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-import os
 import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from rtdetr import __version__
-from rtdetr.checkpoint import ModelMetadata, build_from_metadata, read_checkpoint
+from rtdetr.common.status import StatusLogger
 from rtdetr.config import ExperimentConfig, spec_to_dict
+from rtdetr.cpu import speed_up_cpu_training
 from rtdetr.engine.callbacks import (
     AtomicCheckpointIO,
     DeferredInterrupt,
     StatusCallback,
     TAOCheckpoint,
     latest_checkpoint,
-    plot_curves,
     progress_bar,
 )
-from rtdetr.engine.cpu_conv import use_gemm_weight_grad
 from rtdetr.engine.data import TrainingData, build_training_data
 from rtdetr.engine.ema import EMA
 from rtdetr.engine.hardware import resolve_hardware
-from rtdetr.engine.host_memory import keep_freed_host_memory
 from rtdetr.engine.model_setup import enable_activation_checkpointing, freeze, load_pretrained_model
 from rtdetr.engine.module import DetectionModule
 from rtdetr.engine.optim import backbone_prefixes, resumed_changes
-from rtdetr.engine.sync_bn import convert_to_global_batchnorm
 from rtdetr.errors import UserError
+from rtdetr.evaluation.plots import plot_curves
 from rtdetr.log import quiet_lightning
 from rtdetr.loss import HungarianMatcher, RTDETRCriterion
 from rtdetr.model.budget import check_training_budget, memory_bytes
-from rtdetr.status import StatusLogger
+from rtdetr.model.checkpoint import ModelMetadata, build_from_metadata, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +183,8 @@ def _loggers(cfg: ExperimentConfig, results_dir: Path) -> list:
     ]
     w = cfg.wandb
     if w.enable:
-        try:
-            from lightning.pytorch.loggers import WandbLogger
-        except ImportError as exc:  # pragma: no cover - depends on the optional extra
-            raise UserError("wandb.enable: install the wandb extra: pip install 'rtdetr[wandb]'") from exc
+        if importlib.util.find_spec("wandb") is None:
+            raise UserError("wandb.enable: install the wandb extra: pip install 'rtdetr[wandb]'")
         loggers.append(
             WandbLogger(
                 project=w.project,
@@ -240,24 +236,16 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
     quiet_lightning()
     hardware = resolve_hardware(t)
     check_training_memory(cfg, hardware)
-    if hardware.accelerator == "cpu":
-        keep_freed_host_memory()
-    if hardware.accelerator == "cpu" and hardware.world_size > 1:
-        # processes on one machine share its cores: oversubscribed OpenMP threads are very slow
-        per_node = hardware.world_size // hardware.num_nodes
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
     seed_run(t.seed)
     torch.backends.cudnn.benchmark = t.cudnn.benchmark
     torch.backends.cudnn.deterministic = t.cudnn.deterministic
 
     data = build_training_data(cfg, results_dir, world_size=hardware.world_size)
     module = build_module(cfg, data)
-    if hardware.accelerator == "cpu" and hardware.world_size > 1:
-        convert_to_global_batchnorm(module.model)  # SyncBatchNorm's equivalent on the CPU
     if t.distributed_strategy != "fsdp":  # FSDP flattens the parameters into one contiguous buffer
         module.to_channels_last()
     if hardware.accelerator == "cpu":
-        use_gemm_weight_grad(module.model)
+        speed_up_cpu_training(module, processes_per_node=hardware.world_size // hardware.num_nodes)
 
     ema = (
         EMA(t.ema.decay, t.ema.every_n_steps, t.ema.validate_original_weights, t.ema.cpu_offload)

@@ -20,7 +20,12 @@ from typing import Any
 
 import torch
 
+from rtdetr.config.loader import spec_to_dict
+from rtdetr.config.rules import model_problems
+from rtdetr.config.schema import ExperimentConfig, ModelConfig
+from rtdetr.config.validate import SpecBuilder
 from rtdetr.errors import SpecError, UserError
+from rtdetr.model import factory
 
 GB = 1024**3
 BYTES_PER_VALUE = 4  # float32 weights, gradients and optimizer moments
@@ -104,9 +109,6 @@ def _cgroup_limit() -> int | None:
 def _check_section(model_section: Mapping[str, Any], num_classes: int) -> None:
     """SpecError unless the section's known fields and num_classes are within the spec's bounds and
     the model section's rules hold (a validated spec's always are; a checkpoint's metadata need not)."""
-    from rtdetr.config.rules import model_problems
-    from rtdetr.config.schema import ExperimentConfig, ModelConfig
-    from rtdetr.config.validate import SpecBuilder
 
     if not isinstance(model_section, Mapping):
         raise SpecError(["model: expected a mapping (section)"])
@@ -124,9 +126,8 @@ def estimate_model_size(model_section: Mapping[str, Any], num_classes: int) -> M
     on the meta device (nothing allocated). A section outside the spec's bounds is a SpecError; one
     the factory cannot build is a UserError."""
     _check_section(model_section, num_classes)
-    from rtdetr.checkpoint import model_kwargs
 
-    kwargs = model_kwargs(dict(model_section), num_classes)
+    kwargs = factory.model_kwargs(dict(model_section), num_classes)
     kwargs.pop("pretrained_backbone_path", None)
     return _meta_size(tuple(sorted((k, _frozen(v)) for k, v in kwargs.items())))
 
@@ -142,12 +143,11 @@ def _frozen(value: Any) -> Any:
 
 @functools.lru_cache(maxsize=32)
 def _meta_size(kwargs: tuple[tuple[str, Any], ...]) -> ModelSize:
-    from rtdetr.model.factory import build_model
 
     args = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs}
     try:
         with torch.device("meta"):
-            model = build_model(**args)
+            model = factory.build_model(**args)  # looked up at call time
     except (ValueError, TypeError) as exc:
         raise UserError(f"model: {exc}") from exc
     params = list(model.parameters())
@@ -189,7 +189,6 @@ def estimate_training(cfg: Any) -> TrainingEstimate:
     """Coarse training memory of a spec (an ExperimentConfig): the model with gradients and AdamW
     moments, plus activations of dataset.batch_size images at the largest training size
     (train_spatial_size, or a multi_scales size when larger)."""
-    from rtdetr.config.loader import spec_to_dict
 
     size = estimate_model_size(spec_to_dict(cfg.model), cfg.dataset.num_classes)
     aug = cfg.dataset.augmentation

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -123,3 +124,11 @@ def build_model(
         "built RT-DETR %s: %.1fM parameters", backbone, sum(p.numel() for p in model.parameters()) / 1e6
     )
     return model
+
+
+def model_kwargs(model_section: dict, num_classes: int) -> dict:
+    """The keyword arguments of ``build_model`` taken from a spec's model section."""
+    params = inspect.signature(build_model).parameters
+    kwargs = {k: v for k, v in model_section.items() if k in params}
+    kwargs["num_classes"] = num_classes
+    return kwargs

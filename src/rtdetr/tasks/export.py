@@ -7,8 +7,11 @@ from pathlib import Path
 
 import torch
 
+from rtdetr.common.status import StatusLogger
 from rtdetr.config import ExperimentConfig
-from rtdetr.status import StatusLogger
+from rtdetr.deploy.export import check_deepstream_files, deepstream_files, export_onnx, write_deepstream_files
+from rtdetr.deploy.parity import parity
+from rtdetr.model.checkpoint import load_model
 from rtdetr.tasks.files import TaskFiles
 
 log = logging.getLogger(__name__)
@@ -26,9 +29,6 @@ def files(cfg: ExperimentConfig) -> TaskFiles:
 
 
 def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Path:
-    from rtdetr.checkpoint import load_model
-    from rtdetr.export import check_deepstream_files, deepstream_files, export_onnx, write_deepstream_files
-
     e = cfg.export
     model = load_model(e.checkpoint)
     device = "cuda" if torch.cuda.is_available() and not e.on_cpu else "cpu"
@@ -65,26 +65,3 @@ def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Path:
     status.write("RUNNING", f"Exported {path}.", kpi=kpi)
     print(f"exported: {path}")
     return path
-
-
-def parity(onnx_path: Path, model: torch.nn.Module, height: int, width: int, batch: int) -> float:
-    """Max abs difference of pred_logits and pred_boxes (queries paired), ONNX Runtime (CPU) vs
-    ``model`` (unfused) in PyTorch, on a random batch."""
-    from rtdetr.deploy import OnnxBackend, TorchBackend
-
-    images = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(0))
-    ours = TorchBackend(model, model.metadata, torch.device("cpu"), fuse=False)(images)
-    theirs = OnnxBackend(onnx_path, device="cpu")(images)
-    return output_difference(ours, theirs)
-
-
-def output_difference(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> float:
-    """Largest abs difference between two runs' (pred_logits [B, Q, C], pred_boxes [B, Q, 4]), with the
-    queries of each image paired to their nearest counterpart: near-equal encoder scores (e.g. on
-    noise images) may pick the same queries in another order, which is not a difference."""
-    worst = 0.0
-    for la, ba, lb, bb in zip(*a, *b):
-        qa, qb = torch.cat([la, ba], -1).double(), torch.cat([lb, bb], -1).double()
-        distance = torch.cdist(qa, qb, p=float("inf"))  # [Q, Q]
-        worst = max(worst, float(distance.min(1).values.max()), float(distance.min(0).values.max()))
-    return worst

@@ -9,8 +9,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from rtdetr.common.status import StatusLogger
 from rtdetr.config import ExperimentConfig
-from rtdetr.status import StatusLogger
+from rtdetr.deploy.tensorrt_build import (
+    build_engine,
+    calibration_batches,
+    check_build_settings,
+    make_calibrator,
+)
+from rtdetr.deploy.tensorrt_common import require_tensorrt
 from rtdetr.tasks.files import TaskFiles
 
 log = logging.getLogger(__name__)
@@ -29,14 +36,6 @@ def files(cfg: ExperimentConfig) -> TaskFiles:
 
 
 def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Path:
-    from rtdetr.tensorrt_build import (
-        build_engine,
-        calibration_batches,
-        check_build_settings,
-        make_calibrator,
-        require_tensorrt,
-    )
-
     g = cfg.gen_trt_engine
     settings = check_build_settings(g)
     require_tensorrt()

@@ -5,10 +5,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from rtdetr.common.status import StatusLogger
 from rtdetr.config import ExperimentConfig
+from rtdetr.config.task_values import input_size, model_file, model_input
+from rtdetr.data.classmap import read_classmap
+from rtdetr.data.sources import list_inputs
+from rtdetr.deploy.detector import Detector
 from rtdetr.errors import UserError
-from rtdetr.status import StatusLogger
-from rtdetr.tasks.evaluate import input_size, keep_host_memory_for_cpu_model, model_file
+from rtdetr.predict.draw import class_colours
+from rtdetr.predict.runner import OutputWriter, run_inference
 from rtdetr.tasks.files import TaskFiles
 
 log = logging.getLogger(__name__)
@@ -19,21 +24,13 @@ OWNED = ("detections.json", "labels", "images_annotated", "*/labels", "*/images_
 
 def files(cfg: ExperimentConfig) -> TaskFiles:
     inputs = {
-        "inference.trt_engine" if cfg.inference.trt_engine else "inference.checkpoint": model_file(
-            cfg, "inference"
-        ),
+        **model_input(cfg, "inference"),
         "dataset.infer_data_sources.classmap": cfg.dataset.infer_data_sources.classmap,
     }
     return TaskFiles(inputs=inputs, owned=OWNED)
 
 
 def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger):
-    from rtdetr.data.classmap import read_classmap
-    from rtdetr.data.sources import list_inputs
-    from rtdetr.detector import Detector
-    from rtdetr.inference import OutputWriter, run_inference
-    from rtdetr.render import class_colours
-
     inf, d = cfg.inference, cfg.dataset
     source = d.infer_data_sources
     inputs = list_inputs(list(source.image_dir))
@@ -41,7 +38,7 @@ def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger):
         model_file(cfg, "inference"), input_size=input_size(cfg, "inference"),
         preserve_aspect_ratio=d.augmentation.preserve_aspect_ratio, num_select=cfg.model.num_select,
     )  # fmt: skip
-    keep_host_memory_for_cpu_model(detector)
+    detector.reuse_host_memory()
     if source.classmap:
         names = read_classmap(source.classmap)
         if len(names) != detector.num_classes:

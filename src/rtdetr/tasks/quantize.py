@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rtdetr.common.status import StatusLogger
 from rtdetr.config import ExperimentConfig
-from rtdetr.status import StatusLogger
+from rtdetr.deploy.quantize import quantize_onnx
 from rtdetr.tasks.files import TaskFiles
 
 
@@ -17,8 +18,6 @@ def files(cfg: ExperimentConfig) -> TaskFiles:
 
 
 def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> dict:
-    from rtdetr.quantize import quantize_onnx
-
     q = cfg.quantize
     summary = quantize_onnx(
         q.onnx_file, q.output_file, list(q.cal_image_dir), cal_images=q.cal_images,

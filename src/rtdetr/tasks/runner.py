@@ -10,12 +10,12 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from rtdetr.common.files import atomic_write, atomic_write_text
+from rtdetr.common.status import StatusLogger
 from rtdetr.config import ExperimentConfig, dump_yaml, spec_to_dict
 from rtdetr.data.coco import ISSUES_LOG
 from rtdetr.errors import NotImplementedTask, UserError
-from rtdetr.fileio import atomic_write, atomic_write_text
 from rtdetr.log import is_rank_zero
-from rtdetr.status import StatusLogger
 from rtdetr.tasks import get_runner, task_module
 from rtdetr.tasks.files import (
     SPEC_FILE,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rtdetr.common.status import StatusLogger
 from rtdetr.config import ExperimentConfig
-from rtdetr.status import StatusLogger
+from rtdetr.engine.trainer import fit
 from rtdetr.tasks.files import TaskFiles
 
 OWNED = (
@@ -27,6 +28,4 @@ def files(cfg: ExperimentConfig) -> TaskFiles:
 
 
 def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> None:
-    from rtdetr.engine.trainer import fit
-
     fit(cfg, results_dir, status)

@@ -14,12 +14,13 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from rtdetr.errors import UserError
-from rtdetr.fileio import load_error_reason, torch_load_weights
 from rtdetr.model.backbones.presnet import PResNet
 from rtdetr.model.backbones.resnet import ResNet
+from rtdetr.model.weights import load_error_reason, torch_load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +94,6 @@ def read_state_dict(path: str | Path, setting: str = "weights") -> dict[str, tor
     """Tensors of a .pth/.pt/.ckpt or .safetensors file, unwrapped from "state_dict"/"model"/"module"."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     obj = torch_load_weights(path, setting)
     while isinstance(obj, Mapping):

@@ -9,17 +9,18 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
-from rtdetr.checkpoint import ModelMetadata, build_from_metadata, save_checkpoint
 from rtdetr.config.schema import ModelConfig
 from rtdetr.data.mscoco import MSCOCO_CATEGORY_IDS, MSCOCO_NAMES
 from rtdetr.errors import UserError
-from rtdetr.fileio import torch_load_weights
+from rtdetr.model.checkpoint import ModelMetadata, build_from_metadata, save_checkpoint
 from rtdetr.model.convert_hf import (
     hf_state_dict_to_ours,
     model_args_from_hf_config,
     original_state_dict_to_ours,
 )
+from rtdetr.model.weights import torch_load_weights
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,6 @@ def convert_hf(folder: str | os.PathLike, output: str | os.PathLike) -> Path:
         raise UserError(
             "converting a Hugging Face folder needs transformers: pip install transformers"
         ) from exc
-    from safetensors.torch import load_file
 
     try:
         config = RTDetrConfig.from_pretrained(folder)

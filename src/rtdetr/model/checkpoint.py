@@ -11,7 +11,6 @@ Layout (a Lightning-compatible dict; training checkpoints add optimizer, schedul
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -20,8 +19,12 @@ from typing import Any
 
 import torch
 
+from rtdetr import __version__
+from rtdetr.common.files import atomic_write
 from rtdetr.errors import UserError
-from rtdetr.fileio import atomic_write, torch_load_weights
+from rtdetr.model.budget import check_model_budget
+from rtdetr.model.factory import build_model, model_kwargs
+from rtdetr.model.weights import torch_load_weights
 
 log = logging.getLogger(__name__)
 
@@ -48,25 +51,12 @@ class ModelMetadata:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def model_kwargs(model_section: dict, num_classes: int) -> dict:
-    """The keyword arguments of ``build_model`` taken from a spec's model section."""
-    from rtdetr.model.factory import build_model
-
-    params = inspect.signature(build_model).parameters
-    kwargs = {k: v for k, v in model_section.items() if k in params}
-    kwargs["num_classes"] = num_classes
-    return kwargs
-
-
 def build_from_metadata(
     meta: ModelMetadata, load_pretrained_backbone: bool = False, training: bool = False
 ) -> torch.nn.Module:
     """A fresh model with the architecture the metadata describes; UserError before anything is
     allocated when the section is out of the spec's bounds or the model cannot fit in this machine's
     memory (``training``: with its gradients and AdamW moments)."""
-    from rtdetr.model.budget import check_model_budget
-    from rtdetr.model.factory import build_model
-
     check_model_budget(meta.model, meta.num_classes, training=training)
     kwargs = model_kwargs(meta.model, meta.num_classes)
     if not load_pretrained_backbone:
@@ -81,8 +71,6 @@ def save_checkpoint(
     path: str | os.PathLike, model: torch.nn.Module, meta: ModelMetadata, **extra: Any
 ) -> Path:
     """Write ``model``'s weights with ``meta`` (and ``extra`` top-level entries) atomically."""
-    from rtdetr import __version__
-
     meta = dataclasses.replace(meta, toolkit_version=__version__)
     # contiguous: a model trained channels-last writes the same layout as any other
     state = {STATE_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -22,12 +22,12 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
+from rtdetr.common.files import atomic_write, atomic_write_text
 from rtdetr.data.images import UNREADABLE_IMAGE_ERRORS, load_image
 from rtdetr.data.sources import InferenceInputs
 from rtdetr.data.video import VIDEO_ERRORS, VideoReader, VideoWriter
-from rtdetr.detector import Detections, Detector
-from rtdetr.fileio import atomic_write, atomic_write_text
-from rtdetr.render import draw_detections, kitti_line
+from rtdetr.deploy.detector import Detections, Detector
+from rtdetr.predict.draw import draw_detections, kitti_line
 
 log = logging.getLogger(__name__)
 

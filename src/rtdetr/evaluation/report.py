@@ -1,9 +1,10 @@
-"""Evaluation: detections of a dataset, the metrics table, the confusion matrix and the PNG plots."""
+"""Evaluation of a model on a COCO dataset: its detections, the 12 COCO numbers and per-class table,
+the confusion matrix, plots, and the report files (results.json, predictions.json, plots/)."""
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,9 +14,19 @@ import torch
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
-from rtdetr.engine.metrics import STAT_NAMES
+from rtdetr.common.files import atomic_write_text
+from rtdetr.data.coco import CocoSource
+from rtdetr.data.dataset import CocoDetection
+from rtdetr.data.loader import make_loader
+from rtdetr.errors import UserError
+from rtdetr.evaluation.coco import STAT_NAMES, coco_ground_truth, coco_results, evaluate_coco, without_images
+from rtdetr.evaluation.plots import plot_confusion, plot_pr_curves, plot_pr_per_class
 
 log = logging.getLogger(__name__)
+
+RESULTS_JSON = "results.json"
+PREDICTIONS_JSON = "predictions.json"  # the evaluated detections, a COCO results list
+CONFUSION_CONF = 0.25  # the confusion matrix counts detections at or above max(this, conf_threshold)
 
 STAT_LABELS = {
     "mAP": "AP @[IoU=0.50:0.95 | area=all | maxDets=100]",
@@ -49,10 +60,6 @@ def detect_dataset(
     Images are prepared at the detector's input size. Detections of a class that no category of the
     source maps to are dropped (with a warning). The ids of images that cannot be read are appended
     to ``unreadable`` (leave them out of the ground truth: ``metrics.without_images``)."""
-    from rtdetr.data.dataset import CocoDetection
-    from rtdetr.engine.data import make_loader
-    from rtdetr.engine.metrics import coco_results
-
     loader = make_loader(
         CocoDetection(source.records, detector.preset, dataset_type=dataset_type, substitute_unreadable=False),
         batch_size=batch_size, workers=workers, pin_memory=False, train=False, seed=0,
@@ -141,90 +148,66 @@ def _xyxy(xywh: list) -> torch.Tensor:
     return torch.cat([b[:, :2], b[:, :2] + b[:, 2:]], 1)
 
 
-def plot_pr_curves(pr50: dict[int, list[float]], names: dict[int, str], path: str | os.PathLike) -> Path:
-    """Precision-recall curves at IoU 0.5: each class (thin) and their mean (bold), AP50 in the legend."""
-    plt = _pyplot()
-    recall = np.linspace(0, 1, 101)
-    fig, ax = plt.subplots(figsize=(7, 5))
-    curves = []
-    for cat, values in pr50.items():
-        p = np.asarray(values, dtype=float)
-        if (p < 0).all():  # no ground truth of this class
-            continue
-        curves.append(np.where(p < 0, 0, p))
-        if len(pr50) <= 20:
-            ax.plot(recall, curves[-1], linewidth=1, label=f"{names.get(cat, cat)} {curves[-1].mean():.3f}")
-    if curves:
-        mean = np.mean(curves, axis=0)
-        ax.plot(recall, mean, color="black", linewidth=3, label=f"all classes {mean.mean():.3f}")
-    ax.set(
-        xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall, IoU 0.5"
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
-    return _save(fig, path, plt)
-
-
-def plot_pr_per_class(pr50: dict[int, list[float]], names: dict[int, str], path: str | os.PathLike) -> Path:
-    """One small precision-recall panel (IoU 0.5) per class, in a grid."""
-    plt = _pyplot()
-    cats = list(pr50)
-    cols = min(5, max(1, len(cats)))
-    rows = (len(cats) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.6 * rows), squeeze=False)
-    recall = np.linspace(0, 1, 101)
-    for ax, cat in zip(axes.flat, cats):
-        p = np.asarray(pr50[cat], dtype=float)
-        title = str(names.get(cat, cat))
-        if (p < 0).all():
-            ax.set_title(f"{title}: no boxes", fontsize=9)
-        else:
-            p = np.where(p < 0, 0, p)
-            ax.plot(recall, p)
-            ax.set_title(f"{title}: AP50 {p.mean():.3f}", fontsize=9)
-        ax.set(xlim=(0, 1), ylim=(0, 1.02))
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(cats) :]:
-        ax.axis("off")
-    return _save(fig, path, plt)
-
-
-def plot_confusion(
-    matrix: np.ndarray, names: Sequence[str], path: str | os.PathLike, conf: float, iou: float
-) -> Path:
-    """The confusion matrix, each row normalised by its number of true boxes; counts in the cells."""
-    plt = _pyplot()
-    labels = [*names, "background"]
-    totals = matrix.sum(1, keepdims=True)
-    norm = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
-    size = max(5.0, 0.45 * len(labels) + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=8)
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix (score >= {conf:g}, IoU >= {iou:g})")
-    if len(labels) <= 30:
-        for (i, j), count in np.ndenumerate(matrix):
-            if count:
-                ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
-    return _save(fig, path, plt)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | os.PathLike, plt) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+def evaluate_detector(
+    detector,
+    source: CocoSource,
+    out_dir: str | Path,
+    *,
+    conf_threshold: float = 0.0,
+    class_ids: Sequence[int] | None = None,
+    batch_size: int = 4,
+    workers: int = 0,
+    dataset_type: str = "serialized",
+    model_name: str = "",
+) -> dict:
+    """Evaluate ``detector`` (a rtdetr.Detector) on ``source``; write predictions.json, results.json
+    and plots/ into ``out_dir``, print the metrics table, and return the report (results.json's
+    content: stats, per_class, confusion_matrix, counts)."""
+    out_dir = Path(out_dir)
+    gt = coco_ground_truth(source.records, source.label_to_category, source.categories)
+    known = {c["id"] for c in gt["categories"]}
+    for i, c in enumerate(class_ids or []):
+        if c not in known:
+            raise UserError(
+                f"dataset.eval_class_ids[{i}]: {c} is not a category of {', '.join(source.json_files)} "
+                f"(categories: {', '.join(map(str, sorted(known)))})"
+            )
+    unreadable: list[int] = []
+    results = detect_dataset(detector, source, conf_threshold, batch_size=batch_size, workers=workers,
+                             dataset_type=dataset_type, unreadable=unreadable)  # fmt: skip
+    if len(unreadable) == len(source.records):
+        raise UserError(
+            f"{', '.join(source.json_files)}: none of the {len(unreadable)} test images could be read; nothing to evaluate"
+        )
+    if unreadable:
+        log.warning("%d unreadable images left out of the metrics", len(unreadable))
+        gt = without_images(gt, unreadable)
+    atomic_write_text(out_dir / PREDICTIONS_JSON, json.dumps(results) + "\n")
+    metrics = evaluate_coco(gt, results, class_ids=class_ids)
+    stats, per_class = metrics["stats"], metrics["per_class"]
+    print(metrics_table(stats, per_class))
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    evaluated = list(class_ids or sorted(names))
+    conf = max(CONFUSION_CONF, conf_threshold)
+    matrix = confusion_matrix(gt, results, evaluated, iou=0.5, conf=conf)
+    plots = out_dir / "plots"
+    plot_pr_curves(metrics["pr50"], names, plots / "pr_curve.png")
+    plot_pr_per_class(metrics["pr50"], names, plots / "pr_curves_per_class.png")
+    plot_confusion(matrix, [names[c] for c in evaluated], plots / "confusion_matrix.png", conf=conf, iou=0.5)
+    report = {
+        "model": model_name,
+        "test_data": source.json_files,
+        "images": len(source.records) - len(unreadable),  # the images scored
+        "unreadable_images": len(unreadable),
+        "detections": len(results),
+        "input_size": list(detector.input_size),
+        "conf_threshold": conf_threshold,
+        "eval_class_ids": None if class_ids is None else list(class_ids),
+        "stats": stats,
+        "per_class": per_class,
+        "confusion_matrix": {"labels": [names[c] for c in evaluated] + ["background"], "counts": matrix.tolist(),
+                             "score_threshold": conf, "iou": 0.5},
+    }  # fmt: skip
+    atomic_write_text(out_dir / RESULTS_JSON, json.dumps(report, indent=2) + "\n")
+    log.info("metrics in %s, plots in %s", out_dir / RESULTS_JSON, plots)
+    return report

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from rtdetr.fileio import atomic_write_text
+from rtdetr.common.files import atomic_write_text
+from rtdetr.config import load_spec
+from rtdetr.tasks.runner import run_task
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +56,6 @@ def quickstart_spec(results_dir: str | Path, epochs: int = 12) -> dict:
 def run_quickstart(results_dir: str | Path = "rtdetr_quickstart", epochs: int = 12) -> dict[str, Path]:
     """Write the spec, then train, evaluate, run inference, export to ONNX and evaluate the ONNX file;
     returns each step's results directory (keys train, evaluate, inference, export, evaluate_onnx)."""
-    from rtdetr.config import load_spec
-    from rtdetr.tasks.runner import run_task
-
     results_dir = Path(results_dir).resolve()
     spec_path = results_dir / "quickstart_spec.yaml"
     spec = quickstart_spec(results_dir, epochs)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(
 # fewest minor page faults of one round, and how much of the freed block the process still holds.
 PROBE = """
 import resource, sys, torch
-from rtdetr.engine.host_memory import keep_freed_host_memory
+from rtdetr.cpu.host_memory import keep_freed_host_memory
 rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 print(keep_freed_host_memory())
@@ -63,9 +63,10 @@ def test_default_setting_keeps_glibc_behaviour():
 def test_evaluate_and_inference_apply_it_to_pytorch_models_on_the_cpu(monkeypatch):
     import torch
 
-    from rtdetr.deploy import TorchBackend
-    from rtdetr.engine import host_memory
-    from rtdetr.tasks.evaluate import keep_host_memory_for_cpu_model
+    from rtdetr.cpu import host_memory
+    from rtdetr.deploy import Detector, TorchBackend
+
+    keep_host_memory_for_cpu_model = Detector.reuse_host_memory  # what evaluate and inference call
 
     calls = []
     monkeypatch.setattr(host_memory, "keep_freed_host_memory", lambda: calls.append(1) or True)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from rtdetr.engine import cpu_conv
-from rtdetr.engine.cpu_conv import GemmWeightGradConv2d, use_gemm_weight_grad
+from rtdetr.cpu import conv_grad as cpu_conv
+from rtdetr.cpu.conv_grad import GemmWeightGradConv2d, use_gemm_weight_grad
 from rtdetr.model import build_model
 
 # a small RT-DETR: convolutions of 3 (the stem) to 64 input channels

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from rtdetr.engine.sync_bn import GlobalBatchNorm2d, convert_to_global_batchnorm
+from rtdetr.cpu.sync_bn import GlobalBatchNorm2d, convert_to_global_batchnorm
 
 
 def _worker(rank: int, world: int, port: int, x: torch.Tensor, queue) -> None:

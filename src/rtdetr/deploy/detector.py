@@ -18,8 +18,10 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
+from rtdetr.cpu import host_memory
 from rtdetr.data.images import UNREADABLE_IMAGE_ERRORS, load_image, to_rgb
 from rtdetr.data.transforms import EvalPreset
+from rtdetr.deploy.backends import TorchBackend, load_backend
 from rtdetr.errors import UserError
 from rtdetr.model.postprocess import detections_per_image
 
@@ -96,7 +98,6 @@ class Detector:
         cls, path: str | os.PathLike, device: str | torch.device | None = None, **kwargs
     ) -> Detector:
         """A Detector for an rtdetr checkpoint (``.pth``); ``device`` None picks CUDA when present."""
-        from rtdetr.deploy import TorchBackend
 
         return cls(TorchBackend.from_checkpoint(path, device=device), **kwargs)
 
@@ -105,9 +106,15 @@ class Detector:
         cls, path: str | os.PathLike, device: str | torch.device | None = None, **kwargs
     ) -> Detector:
         """A Detector for any model file rtdetr.deploy.load_backend runs."""
-        from rtdetr.deploy import load_backend
 
         return cls(load_backend(path, device=device), **kwargs)
+
+    def reuse_host_memory(self) -> None:
+        """For a process that runs many batches: a PyTorch model on the CPU keeps freed activation
+        memory for reuse instead of faulting it in again every batch (rtdetr.cpu.host_memory; ONNX
+        Runtime and TensorRT have arenas of their own)."""
+        if isinstance(self.backend, TorchBackend) and self.backend.device.type == "cpu":
+            host_memory.keep_freed_host_memory()
 
     # ------------------------------------------------------------------------------ pieces
     def prepare(self, image: PIL.Image.Image) -> tuple[torch.Tensor, torch.Tensor]:

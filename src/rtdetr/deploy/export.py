@@ -25,9 +25,9 @@ import onnx
 import torch
 from torch import nn
 
-from rtdetr.checkpoint import ModelMetadata
+from rtdetr.common.files import atomic_write, atomic_write_text, check_output_file
 from rtdetr.errors import UserError
-from rtdetr.fileio import atomic_write, atomic_write_text, check_output_file
+from rtdetr.model.checkpoint import ModelMetadata
 from rtdetr.model.postprocess import select_detections
 
 log = logging.getLogger(__name__)

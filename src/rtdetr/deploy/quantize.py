@@ -21,26 +21,32 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from rtdetr.common.files import atomic_write, check_output_file
 from rtdetr.deploy.calibration import calibration_batches, calibration_images
+from rtdetr.deploy.export import METADATA_KEY, inspect_onnx
 from rtdetr.errors import UserError
-from rtdetr.export import METADATA_KEY, inspect_onnx
-from rtdetr.fileio import atomic_write, check_output_file
 
 log = logging.getLogger(__name__)
 
 CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
 
 
-CALIBRATION_CHUNK = (
-    4  # batches whose activations are held in memory at once (histograms merge chunk by chunk)
-)
+# batches whose activations are held in memory at once (histograms merge chunk by chunk)
+CALIBRATION_CHUNK = 4
 
 
 def _calibration_reader(batches: list):
     """ONNX Runtime's data reader over prepared batches, with the ``set_range`` that lets the
     calibrator collect in chunks (without it, every activation of every image stays in memory)."""
-    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -108,9 +114,6 @@ def quantize_onnx(
     ``exclude_nodes`` are ONNX node-name patterns (``*`` wildcards) kept in float. UserError for a
     missing/foreign input, an existing output (unless ``overwrite``), or too few images.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     source, output = Path(onnx_file), Path(output_file)
     info = inspect_onnx(source, f"{section}.onnx_file")
     check_output_file(

@@ -6,9 +6,9 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from rtdetr.errors import UserError, abbreviate
+from rtdetr.errors import UserError
 
 # the process umask, read once at import: reading it means setting it, which is not thread-safe
 _UMASK = os.umask(0o077)
@@ -73,54 +73,3 @@ def check_output_file(
     if not os.access(folder, os.W_OK | os.X_OK):  # where its missing folders are created
         raise UserError(f"{field}: {path}: cannot write in {folder} (permission denied or read-only)")
     return path
-
-
-def torch_load_weights(path: str | os.PathLike, field: str) -> Any:
-    """``torch.load`` of a weights file in torch's weights-only mode (no code in the file runs); a
-    missing, folder, corrupt or unsafe file is one UserError naming ``field``. torch's advice to
-    load with ``weights_only=False`` is left out: it would run code from an untrusted file."""
-    import torch
-
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{field}: {path}: file not found")
-    if path.is_dir():
-        raise UserError(f"{field}: {path}: is a folder, expected a weights file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for a bad file
-        if looks_like_onnx(path):
-            raise UserError(
-                f"{field}: {path}: an ONNX model, not a checkpoint: run it as evaluate.trt_engine / "
-                "inference.trt_engine, or with Detector.from_file"
-            ) from exc
-        raise UserError(f"{field}: {path}: {load_error_reason(exc)}") from exc
-
-
-def load_error_reason(exc: BaseException) -> str:
-    """Why torch could not load a file, in one short clause without torch's unsafe advice."""
-    text = str(exc).strip()
-    if "Weights only load failed" in text:
-        lines = [line.strip() for line in text.splitlines()]
-        unsafe = next((line for line in lines if "GLOBAL" in line), None)
-        if unsafe is not None:  # a class or function to import: code that would run
-            return (
-                "holds Python objects besides tensors, which rtdetr does not load (they could run code): "
-                + abbreviate(unsafe, 120)
-            )
-        detail = next((line for line in lines if line.startswith("Unsupported")), "")
-        return "not a readable checkpoint (corrupt, or not a torch file)" + (
-            f": {abbreviate(detail, 80)}" if detail else ""
-        )
-    first = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
-    return f"not a readable checkpoint (corrupt or truncated): {abbreviate(first, 160)}"
-
-
-def looks_like_onnx(path: str | os.PathLike) -> bool:
-    """Whether ``path`` parses as an ONNX model with a graph (whatever its suffix)."""
-    try:
-        import onnx
-
-        return len(onnx.load(str(path), load_external_data=False).graph.node) > 0
-    except Exception:  # protobuf's DecodeError and friends: not ONNX
-        return False
