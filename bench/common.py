@@ -9,8 +9,6 @@ import platform
 import sys
 from pathlib import Path
 
-DEFAULT_BCCD = Path("/work/shared/datasets/bccd")
-
 
 def cpu_name() -> str:
     """The CPU model name from /proc/cpuinfo, else what the platform module knows."""
@@ -31,7 +29,7 @@ def argument_parser(doc: str, bccd: bool = False) -> argparse.ArgumentParser:
     )
     if bccd:
         parser.add_argument(
-            "--data", type=Path, default=DEFAULT_BCCD, help="BCCD root (images/, annotations/)"
+            "--data", type=Path, required=True, help="BCCD root (images/, annotations/instances_*.json)"
         )
     return parser
 

@@ -2,7 +2,7 @@
 accuracy cost, on one trained model.
 
 The model is an r18vd RT-DETR trained on BCCD (by default the checkpoint bench/train_bccd.py leaves
-in /tmp/rtdetr_bench_bccd). For each input size it
+in bench_runs/bccd). For each input size it
 
 1. exports it with `rtdetr export` (fixed batch 1, that size) and quantizes it with `rtdetr quantize`
    (calibrated on --cal-images BCCD train images, the quantize spec's defaults otherwise);
@@ -38,7 +38,7 @@ import torch
 from common import argument_parser, check_bccd, command_line, machine, target_verdict, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "deploy_latency.json"
-DEFAULT_CHECKPOINT = Path("/tmp/rtdetr_bench_bccd/train/rtdetr_model_latest.pth")
+DEFAULT_CHECKPOINT = Path("bench_runs/bccd/train/rtdetr_model_latest.pth")  # bench/train_bccd.py writes it
 VARIANTS = ("pytorch", "ort_fp32", "ort_int8", "transformers")
 FP32_TARGET, INT8_TARGET, MAP50_LOSS = 0.7, 0.5, 0.01
 

@@ -13,7 +13,7 @@ training steps of the epoch ((steps - 1) * batch / time between them, so loader 
 epoch's start is excluded).
 
     python bench/train_bccd.py [--epochs 12] [--size 320] [--batch 8] [--workers 2]
-                               [--results-dir /tmp/rtdetr_bench_bccd] [--data /path/to/bccd]
+                               [--results-dir bench_runs/bccd] [--data /path/to/bccd]
                                [--out bench/results/train_bccd.json] [-- extra dotted overrides]
 """
 
@@ -30,7 +30,7 @@ from pathlib import Path
 from common import argument_parser, bccd_sources, check_bccd, command_line, machine, write_report
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "train_bccd.json"
-DEFAULT_RESULTS = Path("/tmp/rtdetr_bench_bccd")
+DEFAULT_RESULTS = Path("bench_runs/bccd")
 
 
 def make_spec(args: argparse.Namespace, train_dir: Path) -> dict:
