@@ -1,11 +1,10 @@
 """Convolution weight gradients for training on the CPU: im2col + GEMM where oneDNN's kernel is slow.
 
 On CPUs without AVX-512, oneDNN computes a convolution's weight gradient with its direct AVX2
-kernel, which is 1.3-3x slower than ATen's own im2col + GEMM (MKL) for every convolution of an
-RT-DETR except the 3-channel stem (measured on an AMD EPYC with AVX2; docs/benchmarks.md: training
-steps 10% faster at 320x320 and 28% at 640x640). oneDNN stays in charge of the forward pass and the
-input gradient, where it is the faster one. On AVX-512 CPUs oneDNN has GEMM-based kernels of its own
-and nothing changes.
+kernel, which is slower than ATen's own im2col + GEMM (MKL) for every convolution of an RT-DETR
+except the 3-channel stem (per-convolution and whole-step numbers: docs/benchmarks.md, "Convolution
+weight gradients"). oneDNN stays in charge of the forward pass and the input gradient, where it is
+the faster one. On AVX-512 CPUs oneDNN has GEMM-based kernels of its own and nothing changes.
 
 ``use_gemm_weight_grad(model)`` switches the model's ``nn.Conv2d`` modules over (names, parameters and
 outputs unchanged; only gradients in CPU float32 training take the other path, so evaluation, export,

@@ -2,11 +2,10 @@
 
 By default glibc serves every block above 32 MB with its own mmap and returns it to the system when
 freed, and trims the heap top above 128 kB. A training step allocates and frees the same large
-activations every time, so each step faults all of those pages in again: at 640x640, batch 4, seven
-r18vd steps took 3.4-4.6M minor page faults and 7-9 s of system time (1.0M and ~2 s with these
-settings), about 9% of the step; a batch-8 forward at 640 went from 4.4 s to 3.1 s. With mmap
-off, one arena and a high trim threshold the blocks stay in the heap and are reused (measured in
-docs/benchmarks.md). This is what the jemalloc/tcmalloc preloads recommended for CPU training
+activations every time, so each step faults all of those pages in again, in system time that
+grows with the input size and the batch. With mmap off, one arena and a high trim threshold the
+blocks stay in the heap and are reused (page faults and step times: docs/benchmarks.md, "Host memory
+reuse on the CPU"). This is what the jemalloc/tcmalloc preloads recommended for CPU training
 achieve, without a library to install; resident memory stays near the step's peak.
 
 `rtdetr train` applies it on the CPU; `rtdetr evaluate` and `inference` for a checkpoint on the CPU.
@@ -49,7 +48,7 @@ def keep_freed_host_memory() -> bool:
     except OSError:
         return False
     # one arena first: threads that have not allocated yet then share the main heap, which can grow
-    # past the 64 MB a thread arena's heap is limited to now that large blocks no longer use mmap
+    # past the 64 MB a thread arena's heap is limited to, which large blocks reach without mmap
     settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     _tuned = all(libc.mallopt(param, value) == 1 for param, value in settings)
     if _tuned:

@@ -98,10 +98,10 @@ class TAOCheckpoint(L.Callback):
 
 class DeferredInterrupt(L.Callback):
     """Ctrl+C (SIGINT) stops training at the next step boundary, as SIGTERM does, instead of raising
-    KeyboardInterrupt wherever the signal lands: inside a checkpoint write it surfaced as torch.save's
-    RuntimeError (exit 1), and native code could swallow it so that training went on. A second Ctrl+C
-    stops at once. ``requested`` tells whether an interrupt came (an error raised while stopping, e.g.
-    by loader workers that the same Ctrl+C ended, is then reported as the interrupt)."""
+    KeyboardInterrupt wherever the signal lands: inside a checkpoint write it would surface as
+    torch.save's RuntimeError (exit 1), and native code could swallow it so that training goes on. A
+    second Ctrl+C stops at once. ``requested`` tells whether an interrupt came (an error raised while
+    stopping, e.g. by loader workers that the same Ctrl+C ended, is then reported as the interrupt)."""
 
     def __init__(self):
         self.requested = False

@@ -86,8 +86,8 @@ def freeze(model: nn.Module, names: Sequence[str]) -> None:
 def use_channels_last(model: nn.Module) -> nn.Module:
     """Store the convolution weights channels-last (NHWC), in place; feed images the same way
     (``images.contiguous(memory_format=torch.channels_last)``). oneDNN on the CPU and cuDNN's tensor
-    cores run NHWC convolutions without converting layouts each call (measured on the CPU: about 6%
-    faster training steps at 320x320). The arithmetic is the same; names and shapes are unchanged."""
+    cores run NHWC convolutions without converting layouts each call (docs/benchmarks.md, "Training
+    throughput"). The arithmetic is the same; names and shapes are unchanged."""
     return model.to(memory_format=torch.channels_last)
 
 

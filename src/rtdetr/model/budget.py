@@ -1,10 +1,10 @@
 """Memory a model and its training need, estimated before anything is allocated.
 
 The parameter count comes from building the model on torch's meta device (shapes only, no
-storage): exact for every architecture the factory builds, ~0.1 s for the default model and well
-under a second at the spec's largest bounds. The model section is checked against those bounds
-first, so that a section that never went through spec validation (a checkpoint's metadata) cannot
-make even the meta build slow.
+storage): exact for every architecture the factory builds, and quick because nothing is allocated,
+even at the spec's largest bounds. The model section is checked against those bounds first, so that
+a section that never went through spec validation (a checkpoint's metadata) cannot make even the
+meta build slow.
 """
 
 from __future__ import annotations

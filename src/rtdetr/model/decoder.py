@@ -77,8 +77,9 @@ def denoising_self_attention(
     """``attn(qk, qk, value, attn_mask=attn_mask)`` for a batch whose first ``num_dn`` queries are
     denoising ones, with the denoising group's mask (True = may not attend): the matching queries
     attend to the matching ones only, the denoising queries to what their mask rows allow. Computed
-    as two attentions, the matching one without a mask: ~15% less time than one masked attention
-    over all queries, forward and backward (about 6 of 38 ms a layer at 300 + 192 queries)."""
+    as two attentions, the matching one without a mask: it skips the matching queries' scores against
+    the denoising keys, which one masked attention over all queries computes only to discard them,
+    forward and backward (docs/benchmarks.md, "Training throughput")."""
     c, heads = attn.embed_dim, attn.num_heads
     w, b = attn.in_proj_weight, attn.in_proj_bias
     q, k = (
@@ -347,7 +348,7 @@ class RTDETRDecoder(nn.Module):
         masked = valid.to(memory.dtype) * memory
         # in training only the Q selected rows of enc_output and the score head receive gradients:
         # select without autograd, then run the two heads again on those rows, so that their backward
-        # costs Q rows instead of S (300 against 2100 at 320x320: ~20 ms less a step on 2 CPU cores)
+        # costs Q rows instead of S (e.g. 300 against 2100 at 320x320)
         recompute = self.training and torch.is_grad_enabled()
         with torch.no_grad() if recompute else contextlib.nullcontext():
             output_memory = self.enc_output(masked)

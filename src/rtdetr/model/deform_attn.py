@@ -31,11 +31,11 @@ def multi_scale_deformable_attention(
     # points before queries, one transpose for all levels: [B, Q, nH, L, P, 2] -> [L, B*nH, P, Q, 2], so that
     # grid_sample's output [B*nH, hD, P, Q] keeps the queries innermost: the weighting broadcasts over
     # hD and the sum over P reduces a middle axis, both along contiguous rows of Q (the query-major
-    # layout's sum over an innermost axis of 4 was ~10x slower on the CPU; the op ~15% faster in all)
+    # layout would sum over an innermost axis of only P items, which the CPU reduces slowly)
     grids = grids.permute(3, 0, 2, 4, 1, 5).reshape(n_levels, b * n_heads, n_points, q, 2)
     # [B, Q, nH, L, P] -> [L, B*nH, 1, P, Q]
     weights = attention_weights.permute(3, 0, 2, 4, 1).reshape(n_levels, b * n_heads, 1, n_points, q)
-    out = None  # summed level by level: no stacked copy of all samples (training: ~10% faster fwd+bwd)
+    out = None  # summed level by level: no stacked copy of all samples, forward or backward
     for level, (h, w) in enumerate(spatial_shapes):
         # [B, H*W, nH, hD] -> [B*nH, hD, H, W]
         value_l = values[level].flatten(2).transpose(1, 2).reshape(b * n_heads, head_dim, h, w)
@@ -99,8 +99,8 @@ class MSDeformableAttention(nn.Module):
         weights = self.attention_weights(query).reshape(b, q, n_heads, n_levels * n_points)
         weights = weights.softmax(-1).reshape(b, q, n_heads, n_levels, n_points)
         # grid = 2 * (ref_xy + offset / P * ref_wh / 2) - 1, as (2 ref_xy - 1) + offset * (ref_wh / P),
-        # with the per-query terms expanded to the offsets' shape first: ONNX Runtime expands them and
-        # multiplies same-shape tensors ~10x faster than it broadcasts over the innermost (x, y) pair
+        # with the per-query terms expanded to the offsets' shape first: ONNX Runtime multiplies
+        # same-shape tensors on its fast path, but broadcasting over the innermost (x, y) pair is slow
         ref = reference_points[:, :, None, :, None, :]  # [B, Q, 1, 1 or L, 1, 4]
         scale = (ref[..., 2:] / n_points).expand_as(offsets)
         grids = offsets * scale + (2 * ref[..., :2] - 1).expand_as(offsets)

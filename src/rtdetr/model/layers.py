@@ -69,8 +69,8 @@ class _ContiguousGrad(torch.autograd.Function):
 def contiguous_grad(x: torch.Tensor) -> torch.Tensor:
     """`x`, whose gradient arrives contiguous in x's memory format. For a map that is concatenated (or
     sliced) next: the concatenation's backward gives each input a strided slice of its gradient, and
-    ATen's CPU batch-norm backward on a channels-last input with such a gradient is several times
-    slower (17 against 5 ms at [4, 256, 40, 40]) than on a contiguous copy (~1 ms)."""
+    ATen's CPU batch-norm backward on a channels-last input with such a gradient takes a slow path; a
+    contiguous copy of the gradient avoids it (docs/benchmarks.md, "Training throughput")."""
     if (
         not (x.requires_grad and torch.is_grad_enabled())
         or torch.jit.is_tracing()
@@ -195,9 +195,9 @@ def fuse_sequential_conv_norms_(module: nn.Module) -> nn.Module:
 
 def max_pool_3x3_s2(x: torch.Tensor) -> torch.Tensor:
     """`F.max_pool2d(x, 3, stride=2, padding=1)`, bit-exact (max is exact), computed as maxima of strided
-    views: several times faster than ATen's CPU kernel for NCHW maps without autograd. Where a gradient
-    is needed, ATen's kernel (the maxima's backward costs ~4x max_pool2d's forward and backward
-    together); exported graphs use max_pool2d too."""
+    views, which outrun ATen's CPU kernel for NCHW maps without autograd. Where a gradient is needed,
+    ATen's kernel: the maxima's backward would cost more than max_pool2d's forward and backward
+    together. Exported graphs use max_pool2d too."""
     if (
         (x.requires_grad and torch.is_grad_enabled())
         or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export() or x.dim() != 4

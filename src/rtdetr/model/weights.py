@@ -54,7 +54,7 @@ def load_error_reason(exc: BaseException) -> str:
 def looks_like_onnx(path: str | os.PathLike) -> bool:
     """Whether ``path`` parses as an ONNX model with a graph (whatever its suffix)."""
     try:
-        import onnx  # only for a file that is no torch checkpoint: importing onnx costs ~0.7 s
+        import onnx  # only for a file that is no torch checkpoint: onnx is slow to import
 
         return len(onnx.load(str(path), load_external_data=False).graph.node) > 0
     except Exception:  # protobuf's DecodeError and friends: not ONNX
