@@ -20,6 +20,15 @@ DOCUMENTED_BACKBONES = (
     "convnextv2_nano", "convnextv2_tiny", "convnextv2_base", "convnextv2_large", "convnextv2_huge",
 )  # fmt: skip
 VD_BACKBONES = ("resnet_18vd", "resnet_34vd", "resnet_50vd", "resnet_101vd")
+# TAO's schema lists EfficientViT (its documentation's table does not); TAO registers the FAN names with
+# their depth and patch size, and timm has the smaller and larger ConvNeXt-V2 variants
+MORE_BACKBONES = (
+    "efficientvit_b0", "efficientvit_b1", "efficientvit_b2", "efficientvit_b3",
+    "efficientvit_l0", "efficientvit_l1", "efficientvit_l2", "efficientvit_l3",
+    "fan_tiny_8_p4_hybrid", "fan_small_12_p4_hybrid", "fan_base_12_p4_hybrid", "fan_large_12_p4_hybrid",
+    "fan_base_16_p4_hybrid", "fan_large_16_p4_hybrid",
+    "convnextv2_atto", "convnextv2_femto", "convnextv2_pico", "convnextv2_small",
+)  # fmt: skip
 
 # Practical bounds (limit_min / limit_max) where TAO documents none or infinity: what a real model
 # reaches and a machine holds, so that a typo fails at validation rather than hours into a run.
@@ -82,8 +91,10 @@ class ModelConfig:
         "resnet_50",
         "Backbone name of the model. TAO implementation of RT-DETR support ResNet, EfficientViT, FAN, "
         "and ConvNext v1/v2.",
-        valid_options=DOCUMENTED_BACKBONES + VD_BACKBONES,
-        note="Adds resnet_18vd/34vd/50vd/101vd, the backbones of the published RT-DETR checkpoints.",
+        valid_options=DOCUMENTED_BACKBONES + VD_BACKBONES + MORE_BACKBONES,
+        note="Adds resnet_18vd/34vd/50vd/101vd (the backbones of the published RT-DETR checkpoints), "
+        "efficientvit_b0-b3/l0-l3 (in TAO's schema), TAO's registered FAN names (fan_tiny_8_p4_hybrid ...) "
+        "and ConvNeXt-V2 atto/femto/pico/small; docs/backbones.md lists them all.",
     )
     train_backbone: bool = spec_field(
         True,

@@ -8,9 +8,8 @@ and `out_strides` for those levels.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,25 +17,15 @@ from safetensors.torch import load_file
 from torch import nn
 
 from rtdetr.errors import UserError
-from rtdetr.model.backbones.presnet import PResNet
-from rtdetr.model.backbones.resnet import ResNet
+from rtdetr.model.backbones import convnext, efficientvit, fan, presnet, resnet
+from rtdetr.model.backbones.base import BackboneSpec
 from rtdetr.model.weights import load_error_reason, torch_load_weights
 
 logger = logging.getLogger(__name__)
 
-# name -> (builder(return_idx, freeze_at, freeze_norm), default freeze_at, default freeze_norm).
-# vd defaults follow the original RT-DETR (r50vd/r101vd: freeze_at 0, FrozenBN); plain ResNets follow
-# TAO (FrozenBN, stem and layer1 frozen, layer2-4 trained).
-_BACKBONES: dict[str, tuple[Callable[..., nn.Module], int, bool]] = {
-    "resnet_18": (partial(ResNet, 18), 1, True),
-    "resnet_34": (partial(ResNet, 34), 1, True),
-    "resnet_50": (partial(ResNet, 50), 1, True),
-    "resnet_101": (partial(ResNet, 101), 1, True),
-    "resnet_18vd": (partial(PResNet, 18), -1, False),
-    "resnet_34vd": (partial(PResNet, 34), -1, False),
-    "resnet_50vd": (partial(PResNet, 50), 0, True),
-    "resnet_101vd": (partial(PResNet, 101), 0, True),
-}
+_BACKBONES: dict[str, BackboneSpec] = {
+    **resnet.BACKBONES, **presnet.BACKBONES, **convnext.BACKBONES, **efficientvit.BACKBONES, **fan.BACKBONES
+}  # fmt: skip
 
 _STRIP_PREFIXES = ("module.", "model.", "backbone.", "body.", "0.")
 
@@ -62,11 +51,11 @@ def build_backbone(
     return_idx = list(return_idx)
     if not return_idx or sorted(set(return_idx)) != return_idx or not all(0 <= i <= 3 for i in return_idx):
         raise ValueError(f"return_idx must be increasing stage indices in 0..3, got {return_idx}")
-    builder, default_freeze_at, default_freeze_norm = _BACKBONES[name]
-    backbone = builder(
+    spec = _BACKBONES[name]
+    backbone = spec.build(
         return_idx=return_idx,
-        freeze_at=default_freeze_at if freeze_at is None else freeze_at,
-        freeze_norm=default_freeze_norm if freeze_norm is None else freeze_norm,
+        freeze_at=spec.freeze_at if freeze_at is None else freeze_at,
+        freeze_norm=spec.freeze_norm if freeze_norm is None else freeze_norm,
     )
     if pretrained_path is not None:
         load_pretrained_backbone(backbone, pretrained_path)
@@ -128,6 +117,9 @@ def load_pretrained_backbone(
             raise UserError(f"{setting}: {source}: {load_error_reason(exc)}") from exc
     else:
         state = dict(source)
+    adapt = getattr(backbone, "adapt_state_dict", None)
+    if adapt is not None:  # other projects' key names -> the backbone's own
+        state = adapt(state)
     own = backbone.state_dict()
     report = LoadReport()
     matched: dict[str, torch.Tensor] = {}

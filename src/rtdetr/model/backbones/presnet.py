@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import nn
 
+from rtdetr.model.backbones.base import BackboneSpec
 from rtdetr.model.layers import (
     ConvNormLayer,
     act_,
@@ -141,3 +143,12 @@ class PResNet(nn.Module):
             if i in self.return_idx:
                 outs.append(x)
         return outs
+
+
+# the original RT-DETR's defaults: r18vd/r34vd train everything; r50vd/r101vd freeze the stem, FrozenBN
+BACKBONES = {
+    "resnet_18vd": BackboneSpec(partial(PResNet, 18), freeze_at=-1, freeze_norm=False),
+    "resnet_34vd": BackboneSpec(partial(PResNet, 34), freeze_at=-1, freeze_norm=False),
+    "resnet_50vd": BackboneSpec(partial(PResNet, 50), freeze_at=0, freeze_norm=True),
+    "resnet_101vd": BackboneSpec(partial(PResNet, 101), freeze_at=0, freeze_norm=True),
+}

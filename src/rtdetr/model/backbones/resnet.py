@@ -7,10 +7,12 @@ Parameter names are those of torchvision and timm (`conv1`, `bn1`, `layer1.0.con
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import nn
 
+from rtdetr.model.backbones.base import BackboneSpec
 from rtdetr.model.layers import freeze_batch_norm, fuse_conv_norm, max_pool_3x3_s2
 
 DEPTHS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
@@ -141,3 +143,9 @@ class ResNet(nn.Module):
 
     def convert_to_deploy(self) -> None:
         _fuse_pairs_(self, [("conv1", "bn1")])
+
+
+# TAO's plain ResNets: FrozenBN, stem and layer1 frozen, layer2-4 trained
+BACKBONES = {
+    f"resnet_{depth}": BackboneSpec(partial(ResNet, depth), freeze_at=1, freeze_norm=True) for depth in DEPTHS
+}
