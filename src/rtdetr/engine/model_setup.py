@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from rtdetr.errors import UserError
 from rtdetr.model.checkpoint import STATE_PREFIX
+from rtdetr.model.convert_hf import is_tao_state_dict, tao_state_dict_to_ours
 from rtdetr.model.decoder import TransformerDecoderLayer
 from rtdetr.model.encoder import TransformerEncoderLayer
 from rtdetr.model.weights import torch_load_weights
@@ -31,7 +32,8 @@ class LoadReport:
 def load_pretrained_model(model: nn.Module, path: str | os.PathLike) -> LoadReport:
     """Load every tensor of a checkpoint whose name and shape match; report what was skipped.
 
-    Takes our checkpoints and plain state dicts (also under "model", "state_dict" or "ema.module").
+    Takes our checkpoints, TAO's RT-DETR checkpoints (``model.model.*`` keys) and plain state dicts
+    (also under "model", "state_dict" or "ema.module").
     """
     data = torch_load_weights(path, "train.pretrained_model_path")
     state = data
@@ -41,6 +43,8 @@ def load_pretrained_model(model: nn.Module, path: str | os.PathLike) -> LoadRepo
         state = data["state_dict"]
     elif isinstance(data, dict) and isinstance(data.get("model"), dict):
         state = data["model"]
+    if is_tao_state_dict(state):  # a TAO RT-DETR checkpoint: its names -> ours
+        state = tao_state_dict_to_ours(state, getattr(model.backbone, "adapt_state_dict", None))
     state = {
         k.removeprefix("module.").removeprefix(STATE_PREFIX): v
         for k, v in state.items()

@@ -1,4 +1,4 @@
-"""Published RT-DETR weights in: Hugging Face folders and the original code's checkpoints."""
+"""Published RT-DETR weights in: Hugging Face folders, the original code's and TAO's checkpoints."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ from rtdetr.errors import UserError
 from rtdetr.model.checkpoint import ModelMetadata, build_from_metadata, save_checkpoint
 from rtdetr.model.convert_hf import (
     hf_state_dict_to_ours,
+    is_tao_state_dict,
     model_args_from_hf_config,
     original_state_dict_to_ours,
+    tao_state_dict_to_ours,
 )
 from rtdetr.model.weights import torch_load_weights
 
@@ -52,8 +54,12 @@ def _coco_names(num_classes: int, names: list[str] | None) -> tuple[list[str] | 
     return names, ids
 
 
-def _build_and_load(meta: ModelMetadata, state: dict[str, torch.Tensor], source: Path) -> torch.nn.Module:
+def _build_and_load(
+    meta: ModelMetadata, state: dict[str, torch.Tensor], source: Path, tao: bool = False
+) -> torch.nn.Module:
     model = build_from_metadata(meta)
+    if tao:  # the backbone's keys in TAO's names -> ours
+        state = tao_state_dict_to_ours(state, getattr(model.backbone, "adapt_state_dict", None))
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -116,12 +122,14 @@ def convert_original(
     num_classes: int | None = None,
     class_names: list[str] | None = None,
 ) -> Path:
-    """A checkpoint of the original RT-DETR code -> our checkpoint, built with ``model_section``."""
+    """A checkpoint of the original RT-DETR code, or of TAO's RT-DETR (found by its ``model.model.``
+    keys), -> our checkpoint, built with ``model_section``."""
     path = Path(path)
     raw = torch_load_weights(path, "--original")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a state dict (plain, or under 'model' or 'ema')")
-    state = original_state_dict_to_ours(raw)
+    tao = isinstance(raw.get("state_dict"), dict) and is_tao_state_dict(raw["state_dict"])
+    state = tao_state_dict_to_ours(raw["state_dict"]) if tao else original_state_dict_to_ours(raw)
     head = state.get("decoder.dec_score_head.0.weight")
     if head is None:
         raise UserError(f"{path}: no decoder.dec_score_head.0.weight: not an RT-DETR checkpoint")
@@ -134,5 +142,7 @@ def convert_original(
     meta = ModelMetadata(
         model=model_section, num_classes=inferred, class_names=names, category_ids=category_ids
     )
-    model = _build_and_load(meta, state, path)
+    if tao:
+        state = {k: v for k, v in raw["state_dict"].items() if isinstance(v, torch.Tensor)}
+    model = _build_and_load(meta, state, path, tao=tao)
     return save_checkpoint(output, model, meta)

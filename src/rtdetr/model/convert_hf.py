@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -302,3 +302,32 @@ def original_state_dict_to_ours(checkpoint: Mapping[str, Any]) -> dict[str, torc
         key = key.replace("decoder.enc_output.norm.", "decoder.enc_output.1.")
         out[key] = value
     return out
+
+
+TAO_PREFIX = "model.model."  # TAO's Lightning module holds RTDETRModel, which holds the RT-DETR
+
+
+def is_tao_state_dict(state: Mapping[str, Any]) -> bool:
+    """Whether a state dict is a TAO RT-DETR checkpoint's (keys ``model.model.{backbone,encoder,decoder}.*``)."""
+    return any(isinstance(k, str) and k.startswith(TAO_PREFIX) for k in state)
+
+
+def tao_state_dict_to_ours(
+    state: Mapping[str, Any], adapt_backbone: Callable[[dict], dict] | None = None
+) -> dict[str, torch.Tensor]:
+    """A TAO RT-DETR checkpoint's state dict -> our RTDETR's.
+
+    TAO's encoder and decoder keep the original RT-DETR's names (mapped as for the original code's
+    checkpoints); its backbone keys go through ``adapt_backbone`` (the backbone's
+    ``adapt_state_dict``, for families whose names differ from ours). Keys outside
+    ``model.model.`` (TAO's frozen foundation model, optimizer state) are left out.
+    """
+    plain = {
+        k[len(TAO_PREFIX) :]: v for k, v in state.items() if isinstance(k, str) and k.startswith(TAO_PREFIX)
+    }
+    ours = original_state_dict_to_ours(plain)
+    if adapt_backbone is not None:
+        backbone = {k[len("backbone.") :]: v for k, v in ours.items() if k.startswith("backbone.")}
+        ours = {k: v for k, v in ours.items() if not k.startswith("backbone.")}
+        ours.update({f"backbone.{k}": v for k, v in adapt_backbone(backbone).items()})
+    return ours

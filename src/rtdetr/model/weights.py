@@ -1,13 +1,25 @@
 """Reading weight files safely: torch's weights-only loading (no code in a file runs) with one-line
-errors, and telling an ONNX file apart from a checkpoint."""
+errors, and telling an ONNX file apart from a checkpoint.
+
+Training frameworks also pickle their settings into checkpoints (TAO's and Lightning's hold OmegaConf
+specs and their own classes), which torch's weights-only loader refuses. Such a file is read again
+with every object of a known settings library (``INERT_MODULES``) replaced by an inert placeholder
+that keeps nothing and runs nothing; the tensors load as usual. Objects of any other module (``os``,
+``builtins``' functions, ...) still refuse the whole file.
+"""
 
 from __future__ import annotations
 
+import _compat_pickle
+import collections
 import os
+import pickle
+import types
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch._weights_only_unpickler import _get_allowed_globals
 
 from rtdetr.errors import UserError, abbreviate
 
@@ -23,6 +35,13 @@ def torch_load_weights(path: str | os.PathLike, field: str) -> Any:
         raise UserError(f"{field}: {path}: is a folder, expected a weights file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" in str(exc):  # a pickled object of some class: the settings of a training framework?
+            try:
+                return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_INERT_PICKLE)
+            except Exception:  # an object of another module: refused as unsafe, with torch's reason
+                pass
+        raise UserError(f"{field}: {path}: {load_error_reason(exc)}") from exc
     except Exception as exc:  # torch raises many kinds for a bad file
         if looks_like_onnx(path):
             raise UserError(
@@ -30,6 +49,67 @@ def torch_load_weights(path: str | os.PathLike, field: str) -> Any:
                 "inference.trt_engine, or with Detector.from_file"
             ) from exc
         raise UserError(f"{field}: {path}: {load_error_reason(exc)}") from exc
+
+
+# modules whose pickled objects are settings, not weights: they load as inert placeholders
+INERT_MODULES = frozenset(
+    {"omegaconf", "typing", "enum", "argparse", "pathlib", "numpy", "nvidia_tao_pytorch", "lightning",
+     "pytorch_lightning", "lightning_fabric", "hydra"}
+)  # fmt: skip
+
+
+class Inert:
+    """Stands in for a pickled object of INERT_MODULES: accepts any arguments and state, keeps none."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Inert:
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, item: Any) -> None:
+        pass
+
+    def extend(self, items: Any) -> None:
+        pass
+
+
+# plain types that settings refer to (an OmegaConf node records the type of its value)
+_PLAIN_TYPES = {
+    f"builtins.{t.__name__}": t
+    for t in (dict, list, tuple, set, frozenset, int, float, complex, str, bytes, bool, object, slice)
+}
+
+
+class _InertUnpickler(pickle.Unpickler):
+    """torch's weights-only globals and plain types as they are; those of INERT_MODULES as Inert;
+    nothing else."""
+
+    allowed = {**_get_allowed_globals(), **_PLAIN_TYPES, "collections.defaultdict": collections.defaultdict}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _compat_pickle.NAME_MAPPING:  # Python 2's names (pickle protocol 2)
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        else:
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        found = self.allowed.get(f"{module}.{name}")
+        if found is not None:
+            return found
+        if module.split(".")[0] in INERT_MODULES:
+            return Inert
+        raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {module}.{name}")
+
+
+# what torch.load's pickle_module needs: an Unpickler class (torch subclasses it) and load()
+_INERT_PICKLE = types.SimpleNamespace(
+    Unpickler=_InertUnpickler, load=lambda fh, **kw: _InertUnpickler(fh, **kw).load(), __name__="inert_pickle"
+)
 
 
 def load_error_reason(exc: BaseException) -> str:
