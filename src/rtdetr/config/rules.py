@@ -135,6 +135,16 @@ def _model_rules(model: ModelConfig, p: str, ok: Callable[..., bool]) -> Iterato
                 f"{p}.return_interm_indices",
                 f"{model.return_interm_indices} must be increasing backbone stage indices in 0..3",
             )
+        elif (
+            ok(f"{p}.backbone")
+            and model.backbone.startswith("convnext_")
+            and list(model.return_interm_indices) != [1, 2, 3]
+        ):
+            yield Problem(
+                f"{p}.return_interm_indices",
+                f"{model.return_interm_indices}: {model.backbone} (ConvNeXt v1 with TAO's projections) gives "
+                "exactly the levels [1, 2, 3]",
+            )
     width = model.encoder_hidden_dim or model.hidden_dim
     if ok(f"{p}.feat_channels", f"{p}.hidden_dim", f"{p}.encoder_hidden_dim") and any(
         c != width for c in model.feat_channels
