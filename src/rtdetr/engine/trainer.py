@@ -151,6 +151,12 @@ def build_module(cfg: ExperimentConfig, data: TrainingData) -> DetectionModule:
         toolkit_version=__version__,
     )
     model = build_from_metadata(meta, load_pretrained_backbone=True, training=True)
+    if not cfg.model.pretrained_backbone_path and not cfg.train.pretrained_model_path:
+        log.info(
+            "the %s backbone starts from random weights (nothing is downloaded: give a weights file as "
+            "model.pretrained_backbone_path, or a whole model as train.pretrained_model_path)",
+            cfg.model.backbone,
+        )
     backbone_prefixes(model, cfg.model.backbone_names)  # a name that matches nothing: refused before training
     if cfg.train.pretrained_model_path:
         load_pretrained_model(model, cfg.train.pretrained_model_path)
