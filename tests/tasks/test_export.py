@@ -27,6 +27,7 @@ def _dims(value_info) -> list:
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
+@pytest.mark.slow
 def test_the_onnx_contract_metadata_and_deepstream_files(exported, trained):
     proto = onnx.load(str(exported))
     onnx.checker.check_model(proto, full_check=True)
@@ -60,6 +61,7 @@ def test_the_onnx_contract_metadata_and_deepstream_files(exported, trained):
     assert next(s["kpi"] for s in status if s.get("kpi"))["max_abs_diff_vs_pytorch"] <= 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 3])
 def test_onnx_runtime_matches_pytorch(exported, trained, batch):
     images = torch.rand(batch, 3, 128, 128, generator=torch.Generator().manual_seed(batch))
@@ -70,6 +72,7 @@ def test_onnx_runtime_matches_pytorch(exported, trained, batch):
     assert np.abs(boxes - reference[1].numpy()).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_fixed_batch_end_to_end_and_errors(cli, trained, task_spec, tmp_path):
     common = [f"export.checkpoint={trained['checkpoint']}", "export.input_width=96", "export.input_height=96",
               f"results_dir={tmp_path / 'results'}"]  # fmt: skip
@@ -127,7 +130,8 @@ def test_fixed_batch_end_to_end_and_errors(cli, trained, task_spec, tmp_path):
         OnnxBackend(e2e, device="cpu")
 
 
-def test_output_paths_opsets_and_sizes_that_cannot_work_are_one_line(cli, trained, tmp_path):
+def test_output_paths_opsets_and_sizes_that_cannot_work_are_one_line(cli, untrained, tmp_path):
+    trained = untrained
     common = [f"export.checkpoint={trained['checkpoint']}", "export.input_width=96", "export.input_height=96",
               f"results_dir={tmp_path / 'results'}"]  # fmt: skip
     spec = tmp_path / "spec.yaml"
@@ -173,6 +177,7 @@ def test_output_paths_opsets_and_sizes_that_cannot_work_are_one_line(cli, traine
     assert result.code == 0 and "describe this file as a raw-output export" in result.err
 
 
+@pytest.mark.slow
 def test_evaluate_and_inference_run_the_onnx_file_with_the_checkpoints_results(
     cli, task_spec, exported, tmp_path
 ):
@@ -200,8 +205,10 @@ def test_evaluate_and_inference_run_the_onnx_file_with_the_checkpoints_results(
     assert detector.input_size == (128, 128) and detector.class_names == ["class_0", "red", "green"]
 
 
-def test_model_files_under_other_names_and_empty_ones(exported, tmp_path):
+def test_model_files_under_other_names_and_empty_ones(untrained_exported, tmp_path):
     from rtdetr.errors import UserError
+
+    exported = untrained_exported
 
     renamed = tmp_path / "model_without_suffix"
     shutil.copy(exported, renamed)

@@ -35,14 +35,13 @@ def torch_load_weights(path: str | os.PathLike, field: str) -> Any:
         raise UserError(f"{field}: {path}: is a folder, expected a weights file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "GLOBAL" in str(exc):  # a pickled object of some class: the settings of a training framework?
+    except Exception as exc:  # torch raises many kinds for a bad file
+        if isinstance(exc, pickle.UnpicklingError) and "GLOBAL" in str(exc):
+            # a pickled object of some class: the settings of a training framework?
             try:
                 return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_INERT_PICKLE)
             except Exception:  # an object of another module: refused as unsafe, with torch's reason
                 pass
-        raise UserError(f"{field}: {path}: {load_error_reason(exc)}") from exc
-    except Exception as exc:  # torch raises many kinds for a bad file
         if looks_like_onnx(path):
             raise UserError(
                 f"{field}: {path}: an ONNX model, not a checkpoint: run it as evaluate.trt_engine / "
