@@ -341,7 +341,9 @@ def test_a_calibration_error_stops_the_build(fake_tensorrt, tiny_onnx, calibrati
 def test_the_cli_builds_an_int8_engine_on_the_fake(
     cli, write_spec, fake_tensorrt, monkeypatch, tiny_onnx, calibration_dir, tmp_path
 ):
-    monkeypatch.setattr(tb, "make_calibrator", functools.partial(tb.make_calibrator, device="cpu"))
+    import rtdetr.tasks.gen_trt_engine as task
+
+    monkeypatch.setattr(task, "make_calibrator", functools.partial(tb.make_calibrator, device="cpu"))
     calibration = {
         "cal_image_dir": [str(calibration_dir)], "cal_batch_size": 2, "cal_batches": 3,
         "cal_cache_file": str(tmp_path / "cal.bin"),
