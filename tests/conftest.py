@@ -1,4 +1,5 @@
-"""Shared fixtures: running the CLI in-process, writing specs."""
+"""Shared fixtures: running the CLI in-process, writing specs, the generated squares data and the small
+model trained on it once per session (used by the engine and the task tests)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import yaml
 from rtdetr.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/synthetic.py: generated datasets and specs
+
+from synthetic import make_dataset, tiny_spec  # noqa: E402
 
 
 class CliResult:
@@ -49,3 +52,28 @@ def write_spec(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def squares(tmp_path_factory) -> Path:
+    """64 training, 24 validation and 16 test images of coloured squares (2 classes)."""
+    root = tmp_path_factory.mktemp("squares")
+    make_dataset(root, "train", 64, seed=0)
+    make_dataset(root, "val", 24, seed=1)
+    make_dataset(root, "test", 16, seed=11)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained(squares, tmp_path_factory) -> dict:
+    """The small squares model trained once by `rtdetr train` for 8 epochs (a checkpoint every 4,
+    validation every 2; a minute or two on 2 cores); returns its data, spec, results folder and last
+    checkpoint. Its tests only read these files."""
+    root = tmp_path_factory.mktemp("trained")
+    spec = tiny_spec(squares, root / "results")
+    spec["train"].update(num_epochs=8, checkpoint_interval=4, validation_interval=2)
+    path = root / "train.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert main(["-q", "train", "-e", str(path)]) == 0
+    results = root / "results" / "train"
+    return {"data": squares, "spec": spec, "results": results, "checkpoint": results / "model_epoch_007.pth"}

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from rtdetr.cli import build_parser
+from rtdetr.common.status import read_status
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", "docs/train.md", "docs/evaluate.md", "docs/inference.md", "docs/export.md"]
@@ -170,7 +171,9 @@ def test_the_parser_reads_continuations_transcripts_and_redirections():
     assert any(c.usage and c.argv[:2] == ["sample-data", "DIR"] for c in readme)
 
 
-def _run(cli, commands: list[Command]) -> None:
+def _run(cli, commands: list[Command]):
+    """Runs ``commands`` in order; returns the last one's result."""
+    result = None
     for command in commands:
         argv = [*command.argv, *SMALL.get(command.argv[0], [])]
         result = cli(*argv)
@@ -185,6 +188,7 @@ def _run(cli, commands: list[Command]) -> None:
             assert result.code == 0, context
         if command.stdout_file:
             Path(command.stdout_file).write_text(result.out)
+    return result
 
 
 @pytest.fixture
@@ -212,8 +216,21 @@ def test_the_documented_commands_run_in_order(cli, clone):
 
 @pytest.mark.slow
 def test_the_documented_quickstart_runs(cli, clone):
-    """`rtdetr quickstart` as the docs show it (one epoch); it reads nothing the other commands write."""
+    """`rtdetr quickstart` as the docs show it (one epoch; it reads nothing the other commands write):
+    it trains, evaluates, infers, exports and runs the ONNX file on the shipped sample, and says
+    where each result is."""
     quickstart = [command for command in RUNNABLE if command.argv[0] == "quickstart"]
     assert quickstart
-    _run(cli, quickstart)
-    assert (clone / "rtdetr_quickstart" / "evaluate_onnx" / "results.json").is_file()
+    out = _run(cli, quickstart).out
+    root = clone / "rtdetr_quickstart"
+    assert f"trained: {root / 'train'}" in out and "validation: mAP" in out
+    assert f"evaluated: {root / 'evaluate'}" in out and f"inference: {root / 'inference'}" in out
+    assert "exported: " in out and "run by ONNX Runtime: mAP" in out
+    assert (root / "train" / "model_epoch_000.pth").is_file() and (root / "quickstart_spec.yaml").is_file()
+    assert (root / "evaluate" / "results.json").is_file() and (
+        root / "evaluate_onnx" / "results.json"
+    ).is_file()
+    assert len(list((root / "inference" / "labels").glob("*.txt"))) == 64
+    assert (root / "export" / "rtdetr_quickstart.onnx").is_file()
+    for task in ("train", "evaluate", "inference", "export", "evaluate_onnx"):
+        assert read_status(root / task)[-1]["status"] == "SUCCESS"

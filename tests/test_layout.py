@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Each part and its level: a module may import its own part and parts of a lower level only.
@@ -192,6 +194,7 @@ print("ran without the engine")
 """
 
 
+@pytest.mark.slow
 def test_evaluate_inference_and_the_detector_run_without_the_training_engine(tmp_path):
     code = BLOCKED_RUN.format(tests=str(Path(__file__).parent), root=str(tmp_path))
     result = subprocess.run(

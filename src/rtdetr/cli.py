@@ -109,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--hf", metavar="FOLDER", help="a Hugging Face RT-DETR folder")
-    source.add_argument("--original", metavar="FILE", help="a checkpoint of the original RT-DETR code or of TAO's RT-DETR")
+    source.add_argument(
+        "--original", metavar="FILE", help="a checkpoint of the original RT-DETR code or of TAO's RT-DETR"
+    )
     arch = p.add_mutually_exclusive_group()
     arch.add_argument("--preset", help="with --original: the variant (r18vd, r34vd, r50vd_m, r50vd, r101vd)")
     arch.add_argument(

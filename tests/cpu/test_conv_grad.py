@@ -108,6 +108,7 @@ def test_the_environment_variable_overrides_the_cpu_choice(monkeypatch):
     assert cpu_conv.gemm_weight_grad_wanted() is not avx512
 
 
+@pytest.mark.slow
 def test_training_step_of_a_switched_model_matches(gemm):
     torch.manual_seed(0)
     plain = build_model(**TINY).train()

@@ -44,6 +44,7 @@ def _probe(env_value: str | None) -> tuple[bool, int, int]:
     return out[0] == "True", int(out[1]), int(out[2])
 
 
+@pytest.mark.slow
 def test_freed_blocks_are_reused_without_page_faults():
     tuned, faults, kept = _probe(None)
     assert tuned
@@ -51,6 +52,7 @@ def test_freed_blocks_are_reused_without_page_faults():
     assert faults < PAGES // 20  # and is reused: a few hundred faults at most, against 65536 pages
 
 
+@pytest.mark.slow
 def test_default_setting_keeps_glibc_behaviour():
     tuned, faults, kept = _probe("default")
     assert not tuned

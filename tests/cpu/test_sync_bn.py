@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -30,6 +31,7 @@ def _worker(rank: int, world: int, port: int, x: torch.Tensor, queue) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_global_batchnorm_matches_one_big_batch():
     torch.manual_seed(1)
     x = torch.randn(4, 3, 5, 5) * 3 + 1

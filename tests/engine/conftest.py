@@ -1,4 +1,5 @@
-"""Generated datasets and spec writers for the engine tests."""
+"""Generated datasets and spec writers for the engine tests (tests/conftest.py holds `squares` and the
+session's `trained` model)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,6 @@ import pytest
 import yaml
 
 from synthetic import make_dataset, tiny_spec  # tests/synthetic.py, on the path via tests/conftest.py
-
-
-@pytest.fixture(scope="session")
-def squares(tmp_path_factory) -> Path:
-    """64 training and 24 validation images of coloured squares (2 classes)."""
-    root = tmp_path_factory.mktemp("squares")
-    make_dataset(root, "train", 64, seed=0)
-    make_dataset(root, "val", 24, seed=1)
-    return root
 
 
 @pytest.fixture(scope="session")

@@ -568,6 +568,7 @@ def _random_seed_worker(rank: int, port: int, queue) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_negative_seed_is_shared_by_the_ranks_of_a_distributed_run():
     # each rank drawing its own random order would give overlapping slices of the training set
     import socket

@@ -1,8 +1,11 @@
-"""End-to-end training runs on generated data: it learns, TAO's outputs, kill-and-resume, DDP, NaN."""
+"""End-to-end training runs on generated data: it learns, TAO's outputs, kill-and-resume, DDP, NaN.
+
+The runs are marked slow; the refusals before training starts and the NaN at the first step are not."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import signal
@@ -39,12 +42,13 @@ def _final_kpi(results: Path) -> dict:
     return lines[-1]["kpi"]
 
 
-def test_small_model_learns_with_tao_outputs(squares, spec_file, tmp_path):
+@pytest.mark.slow
+def test_small_model_learns_with_tao_outputs(trained):
     """A small RT-DETR reaches an mAP50 far above chance (~0) in 8 epochs (about a minute on an
-    idle 2-core CPU; timed in docs/benchmarks.md, not here)."""
-    spec = spec_file(squares, train={"num_epochs": 8, "checkpoint_interval": 4, "validation_interval": 2})
-    assert main(["-q", "train", "-e", str(spec)]) == 0
-    results = tmp_path / "results" / "train"
+    idle 2-core CPU; timed in docs/benchmarks.md, not here). The run is the session's `trained`
+    model (tests/conftest.py: `rtdetr train`, checkpoints every 4 epochs, validation every 2), which
+    the task tests use too."""
+    results = trained["results"]
 
     kpi = _final_kpi(results)
     assert kpi["val_mAP50"] > 0.3, kpi
@@ -78,6 +82,7 @@ def test_small_model_learns_with_tao_outputs(squares, spec_file, tmp_path):
     assert model.metadata.category_ids == [-1, 1, 2]
 
 
+@pytest.mark.slow
 def test_ema_twins_and_dry_run(small_squares, spec_file, tmp_path, cli):
     spec = spec_file(small_squares, train={"num_epochs": 2, "enable_ema": True, "ema": {"decay": 0.5}})
     assert main(["-q", "train", "-e", str(spec)]) == 0
@@ -169,6 +174,7 @@ def test_a_training_that_cannot_fit_is_refused_before_anything_is_built(
     assert not list(results.glob("*.pth")) and not (results / "logs").exists()
 
 
+@pytest.mark.slow
 def test_bf16_training_clips_gradients(small_squares, spec_file, tmp_path):
     # Lightning refuses to clip gradients in mixed precision with a fused optimizer
     spec = spec_file(small_squares, train={"num_epochs": 1, "precision": "bf16", "clip_grad_norm": 0.1})
@@ -177,6 +183,7 @@ def test_bf16_training_clips_gradients(small_squares, spec_file, tmp_path):
     assert not ckpt["optimizer_states"][0]["param_groups"][0]["fused"]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_ends_with_the_same_weights(small_squares, spec_file, tmp_path):
     """SIGKILL mid-run, then the same command again: it resumes from the last checkpoint and ends
     with the same weights as an uninterrupted run (tolerance 1e-6; CPU, fixed seed)."""
@@ -217,6 +224,7 @@ def test_kill_and_resume_ends_with_the_same_weights(small_squares, spec_file, tm
     assert worst <= 1e-6, worst
 
 
+@pytest.mark.slow
 def test_resume_with_another_batch_size_keeps_epoch_boundaries_and_frozen_parts(
     small_squares, spec_file, tmp_path, cli
 ):
@@ -266,6 +274,7 @@ def test_resume_with_another_batch_size_keeps_epoch_boundaries_and_frozen_parts(
     assert yaml.safe_load((results / "experiment.yaml").read_text())["train"]["optim"]["lr"] == 0.002
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("signum", "code", "message"),
     [
@@ -299,6 +308,7 @@ def test_a_signal_stops_training_with_a_failure_line(
     load_model(results / "rtdetr_model_latest.pth")
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_ddp_rank_at_the_same_step(small_squares, spec_file, tmp_path):
     """Ctrl+C in the terminal reaches every rank of a DDP run (2 gloo processes): all stop at the same
     step boundary (a rank that went on would wait in its gradient all-reduce), exit status 130, one
@@ -329,6 +339,7 @@ def test_ctrl_c_stops_every_ddp_rank_at_the_same_step(small_squares, spec_file, 
     load_model(results / "rtdetr_model_latest.pth")
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_epoch_and_step(small_squares, spec_file, tmp_path, monkeypatch):
     import rtdetr.engine.module as module
 
@@ -370,6 +381,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return {k: v.double() for k, v in read_checkpoint(path)["state_dict"].items() if v.is_floating_point()}
 
 
+@pytest.mark.slow
 def test_ddp_step_equals_one_process_step(tmp_path, spec_file):
     """One SGD step of 2 processes (gloo) x batch 4 equals one step of 1 process x batch 8.
 
@@ -423,25 +435,22 @@ def test_ddp_step_equals_one_process_step(tmp_path, spec_file):
     assert sum(s["status"] == "STARTED" for s in status) == 1  # rank 0 only
 
 
-def test_ddp_two_cpu_processes_reach_the_metrics_of_one_process(squares, spec_file, tmp_path):
-    """2 processes (gloo) x batch 4 against 1 process x batch 8, same seed, data order and schedule.
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_reach_the_metrics_of_one_process(trained, tmp_path):
+    """2 processes (gloo) x batch 4 against 1 process x batch 8 (the session's `trained` run), same
+    seed, data order and schedule.
 
     The first step is the same up to float summation order (test above). Over many steps that
-    noise flips Hungarian assignments and the runs drift apart like two seeds: the single-process
-    run with seeds 7, 8, 9, 10 ends at val mAP50 0.82, 0.65, 0.75, 0.67, and DDP runs measured
-    0.61-0.89. Both must learn (mAP50 > 0.45) and agree within 0.25 (stated tolerance: the seed
-    spread plus a margin)."""
-    common = {"train": {"num_epochs": 8, "validation_interval": 8, "checkpoint_interval": 8,
-                        "optim": {"lr_steps": [6], "lr_decay": 0.1}},
-              "model": {"dn_number": 0}}  # fmt: skip
-    one = spec_file(squares, name="one.yaml", results_dir=str(tmp_path / "one"), **common)
-    two = spec_file(
-        squares, name="two.yaml", results_dir=str(tmp_path / "two"), dataset={"batch_size": 4}, **common
-    )
-    single = _run("-q", "train", "-e", str(one))
-    assert single.returncode == 0, single.stderr[-2000:]
+    noise flips Hungarian assignments and the runs drift apart like two seeds. Both must learn
+    (mAP50 > 0.3, as the `trained` test asks) and agree within 0.25 (stated tolerance: the spread
+    of single-process runs over seeds, 0.65-0.82, plus a margin)."""
+    spec = copy.deepcopy(trained["spec"])
+    spec["results_dir"] = str(tmp_path / "two")
+    spec["dataset"]["batch_size"] = 4
+    two = tmp_path / "two.yaml"
+    two.write_text(yaml.safe_dump(spec))
     ddp = _run("-q", "train", "-e", str(two), "train.num_gpus=2", "train.gpu_ids=[0,1]")
     assert ddp.returncode == 0, ddp.stderr[-2000:]
-    a, b = _final_kpi(tmp_path / "one" / "train"), _final_kpi(tmp_path / "two" / "train")
-    assert a["val_mAP50"] > 0.45 and b["val_mAP50"] > 0.45, (a, b)
+    a, b = _final_kpi(trained["results"]), _final_kpi(tmp_path / "two" / "train")
+    assert a["val_mAP50"] > 0.3 and b["val_mAP50"] > 0.3, (a, b)
     assert abs(a["val_mAP50"] - b["val_mAP50"]) <= 0.25, (a, b)

@@ -1,8 +1,11 @@
 """wandb logging in offline mode works without a network."""
 
+import pytest
+
 from rtdetr.cli import main
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_is_written_locally(small_squares, spec_file, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))

@@ -163,7 +163,7 @@ def features_only_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     }
 
 
-@pytest.mark.parametrize("name", ["convnext_tiny", "convnextv2_atto"])
+@pytest.mark.parametrize("name", [pytest.param("convnext_tiny", marks=pytest.mark.slow), "convnextv2_atto"])
 def test_meta_tao_and_timm_layouts_load_and_give_the_source_features(name):
     """Every layout loads all backbone tensors (pretrained classifiers lack the v1 projections); the
     stages then give timm's features, and with TAO's projections its projected features."""
@@ -226,6 +226,7 @@ def convnext_rtdetr() -> nn.Module:
     return materialize(build_model, num_classes=3, **TINY_CONVNEXT)
 
 
+@pytest.mark.slow
 def test_rtdetr_with_convnext_runs_trains_and_freezes(convnext_rtdetr, make_targets):
     model = copy.deepcopy(convnext_rtdetr)
     assert model.encoder.in_channels == V1_CHANNELS
@@ -246,6 +247,7 @@ def test_rtdetr_with_convnext_runs_trains_and_freezes(convnext_rtdetr, make_targ
     assert all(p.requires_grad for p in frozen.decoder.parameters())
 
 
+@pytest.mark.slow
 def test_onnx_export_with_convnext_matches_pytorch(convnext_rtdetr):
     model = copy.deepcopy(convnext_rtdetr).deploy()
     buffer = io.BytesIO()

@@ -187,6 +187,7 @@ TINY_EFFICIENTVIT = dict(
 )
 
 
+@pytest.mark.slow
 def test_rtdetr_with_efficientvit_runs_trains_and_freezes(tiny_model, make_targets):
     model = tiny_model(num_classes=3, **TINY_EFFICIENTVIT)
     assert model.encoder.in_channels == [32, 64, 128]
@@ -206,6 +207,7 @@ def test_rtdetr_with_efficientvit_runs_trains_and_freezes(tiny_model, make_targe
     assert all(p.requires_grad for p in frozen.decoder.parameters())
 
 
+@pytest.mark.slow
 def test_deploy_and_onnx_export_with_efficientvit_match_pytorch(tiny_model):
     model = tiny_model(num_classes=3, **TINY_EFFICIENTVIT).eval()
     images = torch.rand(2, 3, 64, 96)

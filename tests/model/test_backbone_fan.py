@@ -148,6 +148,7 @@ def test_fan_tiny_forward_shapes(tiny_backbone, size):
     ]
 
 
+@pytest.mark.slow
 def test_fewer_levels_give_the_same_maps(tiny_backbone):
     images = torch.rand(1, 3, 32, 64)
     with torch.no_grad():
@@ -274,6 +275,7 @@ def test_tao_checkpoint_layouts_load_with_nothing_missing_or_unexpected(tiny_bac
             assert all(torch.equal(a, b) for a, b in zip(target(images), expected))
 
 
+@pytest.mark.slow
 def test_rtdetr_with_fan_tiny_runs_trains_and_freezes(tiny_model, make_targets):
     model = tiny_model(num_classes=3, **TINY_FAN)
     assert model.encoder.in_channels == [256, 192, 768]
@@ -293,6 +295,7 @@ def test_rtdetr_with_fan_tiny_runs_trains_and_freezes(tiny_model, make_targets):
     assert all(p.requires_grad for p in frozen.decoder.parameters())
 
 
+@pytest.mark.slow
 def test_onnx_export_with_fan_tiny_matches_pytorch(tiny_model):
     model = tiny_model(num_classes=3, **TINY_FAN).deploy()
     buffer = io.BytesIO()

@@ -12,6 +12,7 @@ from rtdetr.common.status import read_status
 from rtdetr.evaluation.coco import STAT_NAMES
 
 
+@pytest.mark.slow
 def test_evaluate_reports_the_numbers_of_pycocotools(cli, task_spec, trained, tmp_path):
     result = cli("evaluate", "-e", task_spec())
     assert result.code == 0, result.err
@@ -37,6 +38,7 @@ def test_evaluate_reports_the_numbers_of_pycocotools(cli, task_spec, trained, tm
     assert status[-1]["status"] == "SUCCESS"
 
 
+@pytest.mark.slow
 def test_class_ids_threshold_and_input_size(cli, task_spec, trained, tmp_path):
     spec = task_spec(evaluate={"conf_threshold": 0.3, "input_width": 96, "input_height": 96})
     result = cli("evaluate", "-e", spec, "dataset.eval_class_ids=[2]")
@@ -62,7 +64,8 @@ def test_class_ids_threshold_and_input_size(cli, task_spec, trained, tmp_path):
         ("dataset.num_classes=5", "dataset.num_classes is 5 but the model"),
     ],
 )
-def test_bad_input_is_one_clear_line(cli, task_spec, tmp_path, override, expected):
+def test_bad_input_is_one_clear_line(cli, untrained_task_spec, tmp_path, override, expected):
+    task_spec = untrained_task_spec
     (tmp_path / "corrupt.pth").write_bytes(b"PK\x03\x04 not really a zip")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pth")
     result = cli("evaluate", "-e", task_spec(), override.format(tmp=tmp_path))
@@ -74,9 +77,11 @@ def test_bad_input_is_one_clear_line(cli, task_spec, tmp_path, override, expecte
 
 
 def test_unreadable_test_images_are_counted_apart_and_all_unreadable_is_an_error(
-    cli, task_spec, trained, tmp_path
+    cli, untrained_task_spec, untrained, tmp_path
 ):
     import shutil
+
+    task_spec, trained = untrained_task_spec, untrained
 
     images = tmp_path / "images"
     shutil.copytree(trained["data"] / "images", images)

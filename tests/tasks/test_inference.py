@@ -29,6 +29,7 @@ def _test_images(trained) -> list[Path]:
     return sorted((trained["data"] / "images").glob("test_*.png"))
 
 
+@pytest.mark.slow
 def test_outputs_are_tao_labels_annotated_images_and_coco_json(cli, task_spec, trained, tmp_path):
     result = cli("inference", "-e", task_spec(inference={"conf_threshold": CONF}))
     assert result.code == 0, result.err
@@ -58,6 +59,7 @@ def test_outputs_are_tao_labels_annotated_images_and_coco_json(cli, task_spec, t
     )
 
 
+@pytest.mark.slow
 def test_the_detector_api_gives_the_cli_detections(cli, task_spec, trained, tmp_path):
     assert cli("inference", "-e", task_spec(inference={"conf_threshold": CONF})).code == 0
     written = json.loads((tmp_path / "results" / "inference" / "detections.json").read_text())
@@ -108,6 +110,7 @@ def test_the_detector_api_gives_the_cli_detections(cli, task_spec, trained, tmp_
             detector.predict(empty)
 
 
+@pytest.mark.slow
 def test_evaluate_equals_pycocotools_on_the_detections_inference_writes(cli, task_spec, trained, tmp_path):
     spec = task_spec(evaluate={"conf_threshold": CONF}, inference={"conf_threshold": CONF})
     assert cli("evaluate", "-e", spec).code == 0
@@ -132,6 +135,7 @@ def test_evaluate_equals_pycocotools_on_the_detections_inference_writes(cli, tas
     assert report["stats"]["mAP50"] > 0.3
 
 
+@pytest.mark.slow
 def test_internal_layout_classmap_and_colours(cli, task_spec, trained, tmp_path):
     classmap = tmp_path / "classes.txt"
     classmap.write_text("background\nrouge\nvert\n")
@@ -161,7 +165,8 @@ def test_internal_layout_classmap_and_colours(cli, task_spec, trained, tmp_path)
          "has 2 class names but the model has 3 classes"),
     ],
 )  # fmt: skip
-def test_bad_input_is_one_clear_line(cli, task_spec, trained, tmp_path, sections, expected):
+def test_bad_input_is_one_clear_line(cli, untrained_task_spec, untrained, tmp_path, sections, expected):
+    task_spec, trained = untrained_task_spec, untrained
     (tmp_path / "empty").mkdir()
     (tmp_path / "two.txt").write_text("a\nb\n")
     text = json.dumps(sections).replace("{empty}", str(tmp_path / "empty")).replace("{tmp}", str(tmp_path))
@@ -171,7 +176,10 @@ def test_bad_input_is_one_clear_line(cli, task_spec, trained, tmp_path, sections
     assert len(result.error_lines) == 1 and expected in result.error_lines[0], result.err
 
 
-def test_a_folder_mixing_good_and_bad_files_processes_the_good_ones(cli, task_spec, trained, tmp_path):
+def test_a_folder_mixing_good_and_bad_files_processes_the_good_ones(
+    cli, untrained_task_spec, untrained, tmp_path
+):
+    task_spec, trained = untrained_task_spec, untrained
     folder = tmp_path / "mixed"
     folder.mkdir()
     good = _test_images(trained)[:2]
@@ -189,7 +197,8 @@ def test_a_folder_mixing_good_and_bad_files_processes_the_good_ones(cli, task_sp
     assert kpi["images"] == 2 and kpi["unreadable"] == 1
 
 
-def test_inputs_with_the_same_stem_keep_their_own_outputs(cli, task_spec, trained, tmp_path):
+def test_inputs_with_the_same_stem_keep_their_own_outputs(cli, untrained_task_spec, untrained, tmp_path):
+    task_spec, trained = untrained_task_spec, untrained
     image = _test_images(trained)[0]
     for folder in ("one", "two"):
         (tmp_path / folder).mkdir()
@@ -207,6 +216,7 @@ def test_inputs_with_the_same_stem_keep_their_own_outputs(cli, task_spec, traine
     ]
 
 
+@pytest.mark.slow
 def test_a_video_gives_an_annotated_video_and_labels_per_frame(cli, task_spec, trained, tmp_path):
     frames = [Image.open(p).convert("RGB") for p in _test_images(trained)[:5]]
     video = tmp_path / "clip.mp4"

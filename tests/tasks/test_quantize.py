@@ -4,6 +4,7 @@ run, with the model's metadata kept; clear errors."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import onnx
 import pytest
@@ -13,21 +14,33 @@ from rtdetr import Detector
 from rtdetr.deploy.export import read_onnx_metadata
 
 
-@pytest.fixture(scope="module")
-def quantized(exported, trained, tmp_path_factory):
+def _quantize(onnx_file: Path, data: Path, folder: Path) -> Path:
+    """``onnx_file`` quantized by the CLI, calibrated on 24 of the training images."""
     from rtdetr.cli import main
 
-    folder = tmp_path_factory.mktemp("quantized")
     spec = folder / "spec.yaml"
     spec.write_text(json.dumps({"results_dir": str(folder / "results")}))
     output = folder / "model_int8.onnx"
-    args = ["-q", "quantize", "-e", str(spec), f"quantize.onnx_file={exported}", f"quantize.output_file={output}",
-            f"quantize.cal_image_dir=[{trained['data'] / 'images' / 'train_*.png'}]", "quantize.cal_images=24"]  # fmt: skip
+    args = ["-q", "quantize", "-e", str(spec), f"quantize.onnx_file={onnx_file}", f"quantize.output_file={output}",
+            f"quantize.cal_image_dir=[{data / 'images' / 'train_*.png'}]", "quantize.cal_images=24"]  # fmt: skip
     assert main(args) == 0
     return output
 
 
-def test_the_int8_model_keeps_the_contract_and_metadata(quantized, exported):
+@pytest.fixture(scope="module")
+def quantized(exported, trained, tmp_path_factory):
+    """The trained model's INT8 file (for the accuracy test)."""
+    return _quantize(exported, trained["data"], tmp_path_factory.mktemp("quantized"))
+
+
+@pytest.fixture(scope="module")
+def untrained_quantized(untrained_exported, untrained, tmp_path_factory):
+    """The untrained model's INT8 file (for the tests of its structure, warnings and errors)."""
+    return _quantize(untrained_exported, untrained["data"], tmp_path_factory.mktemp("untrained_quantized"))
+
+
+def test_the_int8_model_keeps_the_contract_and_metadata(untrained_quantized, untrained_exported):
+    quantized, exported = untrained_quantized, untrained_exported
     proto = onnx.load(str(quantized))
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("QuantizeLinear") > 20 and ops.count("DequantizeLinear") > 20
@@ -41,12 +54,12 @@ def test_the_int8_model_keeps_the_contract_and_metadata(quantized, exported):
     assert info["quantization"]["reduce_range"] is True
 
 
-def test_weights_are_7_bit_by_default(quantized):
+def test_weights_are_7_bit_by_default(untrained_quantized):
     """8-bit weights saturate ONNX Runtime's int8 kernels on CPUs without VNNI (on an AVX2 AMD EPYC
     the BCCD model's mAP50 fell from 0.53 to 0.007); 7-bit weights (reduce_range) keep it at 0.53."""
     from onnx import numpy_helper
 
-    proto = onnx.load(str(quantized))
+    proto = onnx.load(str(untrained_quantized))
     inits = {t.name: t for t in proto.graph.initializer}
     conv_weights = {n.input[1] for n in proto.graph.node if n.op_type == "Conv"}
     weights = [
@@ -59,10 +72,12 @@ def test_weights_are_7_bit_by_default(quantized):
 
 
 def test_an_8_bit_file_warns_on_a_cpu_without_vnni(
-    quantized, exported, trained, tmp_path, monkeypatch, caplog
+    untrained_quantized, untrained_exported, untrained, tmp_path, monkeypatch, caplog
 ):
     from rtdetr.cli import main
     from rtdetr.deploy import OnnxBackend, onnx_backend
+
+    quantized, exported, trained = untrained_quantized, untrained_exported, untrained
 
     spec = tmp_path / "spec.yaml"
     spec.write_text(json.dumps({"results_dir": str(tmp_path / "results")}))
@@ -83,11 +98,11 @@ def test_an_8_bit_file_warns_on_a_cpu_without_vnni(
     assert not caplog.records
 
 
-def test_attention_products_and_softmax_stay_float(quantized):
+def test_attention_products_and_softmax_stay_float(untrained_quantized):
     """ONNX Runtime's QDQ quantizer ignores MatMulConstBOnly: without our exclusion attention's
     activation-by-activation MatMuls (and the softmax between them) were quantized, which made the
     INT8 model slower (QLinearSoftmax) and less accurate."""
-    proto = onnx.load(str(quantized))
+    proto = onnx.load(str(untrained_quantized))
     weights = {t.name for t in proto.graph.initializer}
     produced_by = {o: n for n in proto.graph.node for o in n.output}
     matmuls = [n for n in proto.graph.node if n.op_type == "MatMul"]
@@ -107,6 +122,7 @@ def test_attention_products_and_softmax_stay_float(quantized):
     assert softmax and not any(dequantized(n.input[0]) for n in softmax)
 
 
+@pytest.mark.slow
 def test_evaluate_and_the_detector_run_it_close_to_fp32(
     cli, task_spec, quantized, exported, trained, tmp_path
 ):
@@ -124,6 +140,7 @@ def test_evaluate_and_the_detector_run_it_close_to_fp32(
     assert len(int8) == len(fp32) and abs(float(int8.scores[0]) - float(fp32.scores[0])) < 0.1
 
 
+@pytest.mark.slow
 def test_a_saturated_model_calibrates_with_minmax(cli, trained, tmp_path):
     """Equal class scores everywhere (a flat score head): the query selection takes the first tokens,
     at 416 px the invalid anchors of the finest grid's top row, whose boxes saturate at 1; tensors
@@ -164,7 +181,10 @@ def test_a_saturated_model_calibrates_with_minmax(cli, trained, tmp_path):
         ("quantize.op_types=[Softplus]", "quantize.op_types: nothing to quantize: no node of ['Softplus']"),
     ],
 )
-def test_bad_input_is_one_clear_line(cli, exported, quantized, trained, tmp_path, override, expected):
+def test_bad_input_is_one_clear_line(
+    cli, untrained_exported, untrained_quantized, untrained, tmp_path, override, expected
+):
+    exported, quantized, trained = untrained_exported, untrained_quantized, untrained
     spec = tmp_path / "spec.yaml"
     spec.write_text(json.dumps({"results_dir": str(tmp_path / "results")}))
     names = {"quantized": quantized, "exported": exported, "tmp": tmp_path}
