@@ -1,4 +1,4 @@
-"""GlobalBatchNorm2d over 2 gloo processes equals BatchNorm2d over the joined batch."""
+"""GlobalBatchNorm2d over 2 gloo processes equals BatchNorm2d over the joined batch (also on bf16 input)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,12 @@ def _worker(rank: int, world: int, port: int, x: torch.Tensor, queue) -> None:
     # numpy copies travel by value: a tensor would be shared through a file descriptor that
     # dies with this process if it exits before the parent has received it
     tensors = (out.detach(), part.grad, bn.weight.grad, bn.running_mean, bn.running_var)
-    queue.put((rank, *(t.numpy().copy() for t in tensors)))
+    stats = (bn.running_mean.clone(), bn.running_var.clone())
+    half = bn(part.detach().bfloat16())  # as under bf16 autocast: float32 statistics, a bf16 output
+    assert half.dtype == torch.bfloat16 and bn.running_mean.dtype == torch.float32
+    with torch.no_grad():
+        bn.running_mean.copy_(stats[0]), bn.running_var.copy_(stats[1])
+    queue.put((rank, *(t.numpy().copy() for t in tensors), half.float().detach().numpy().copy()))
     dist.destroy_process_group()
 
 
@@ -63,6 +68,7 @@ def test_global_batchnorm_matches_one_big_batch():
     assert torch.allclose(
         results[0][2] + results[1][2], ref.weight.grad, atol=1e-3
     )  # DDP sums (averages) these
+    assert torch.allclose(torch.cat([results[0][5], results[1][5]]), out, atol=0.05)  # bf16 rounding
     assert torch.allclose(results[0][3], ref.running_mean, atol=1e-6)
     assert torch.allclose(results[0][4], ref.running_var, atol=1e-5)
 

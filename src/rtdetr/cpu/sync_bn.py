@@ -71,6 +71,9 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         ):
             return super().forward(x)
+        dtype = x.dtype  # under bf16/fp16 autocast: statistics and normalisation in float32, as BatchNorm2d
+        if dtype in (torch.bfloat16, torch.float16):
+            x = x.float()
         mean, var, total = _global_mean_var(x)
         if self.track_running_stats:
             with torch.no_grad():
@@ -79,7 +82,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
                 self.running_var.lerp_(var * total / max(total - 1, 1), self.momentum)
         weight = self.weight if self.affine else torch.ones_like(mean)
         bias = self.bias if self.affine else torch.zeros_like(mean)
-        return _GlobalBatchNorm.apply(x, weight, bias, mean, torch.rsqrt(var + self.eps), total)
+        return _GlobalBatchNorm.apply(x, weight, bias, mean, torch.rsqrt(var + self.eps), total).to(dtype)
 
 
 def convert_to_global_batchnorm(module: nn.Module) -> nn.Module:
