@@ -25,7 +25,14 @@ from rtdetr.cli import build_parser
 from rtdetr.common.status import read_status
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["README.md", "docs/train.md", "docs/evaluate.md", "docs/inference.md", "docs/export.md"]
+PAGES = [
+    "README.md",
+    "docs/train.md",
+    "docs/evaluate.md",
+    "docs/inference.md",
+    "docs/export.md",
+    "docs/distill.md",
+]
 
 # a placeholder: <task>, or an upper-case metavar such as SPEC, TASK, KEY=VALUE, DIR (not a value
 # after "=" or a path part)
@@ -37,13 +44,16 @@ SMALL_MODEL = [
     "model.dec_dim_feedforward=128", "model.num_queries=30", "model.num_select=30", "model.dn_number=10",
 ]  # fmt: skip
 LOADING = ["dataset.batch_size=8", "dataset.workers=0"]
+TRAINING = [
+    *LOADING, "train.num_epochs=1", "train.checkpoint_interval=1",
+    "train.validation_interval=1", f"dataset.augmentation.train_spatial_size=[{SIZE},{SIZE}]",
+    f"dataset.augmentation.eval_spatial_size=[{SIZE},{SIZE}]", "dataset.augmentation.multi_scales=[]",
+    "dataset.augmentation.distortion_prob=0.0", "train.precision=fp32",  # bf16: 2x slower on CPUs without it
+]  # fmt: skip
 SMALL = {
-    "train": [
-        *SMALL_MODEL, *LOADING, "train.num_epochs=1", "train.checkpoint_interval=1",
-        "train.validation_interval=1", f"dataset.augmentation.train_spatial_size=[{SIZE},{SIZE}]",
-        f"dataset.augmentation.eval_spatial_size=[{SIZE},{SIZE}]", "dataset.augmentation.multi_scales=[]",
-        "dataset.augmentation.distortion_prob=0.0", "train.precision=fp32",  # bf16: 2x slower on CPUs without it
-    ],
+    "train": [*SMALL_MODEL, *TRAINING],
+    # the student small, and the teacher as the small train run made it
+    "distill": [*SMALL_MODEL, *(o.replace("model.", "distill.teacher.", 1) for o in SMALL_MODEL), *TRAINING],
     "evaluate": [*LOADING, f"dataset.augmentation.eval_spatial_size=[{SIZE},{SIZE}]"],
     "inference": [*LOADING, f"inference.input_width={SIZE}", f"inference.input_height={SIZE}"],
     "export": [f"export.input_width={SIZE}", f"export.input_height={SIZE}"],

@@ -18,6 +18,7 @@ TASK_OF = {
     "inference_bccd.yaml": "inference",
     "export_bccd.yaml": "export",
     "gen_trt_engine_bccd.yaml": "gen_trt_engine",
+    "distill_bccd.yaml": "distill",
 }
 HEADER = "run from the folder where you ran `rtdetr sample-data data/bccd`"
 
@@ -96,7 +97,7 @@ def _leaves(node, prefix=""):
         yield prefix.rstrip("."), node
 
 
-@pytest.mark.parametrize("page", ["train.md", "evaluate.md", "inference.md", "export.md"])
+@pytest.mark.parametrize("page", ["train.md", "evaluate.md", "inference.md", "export.md", "distill.md"])
 def test_the_yaml_quoted_in_the_docs_is_the_example_file(page):
     """Each value a page quotes is the example file's value (a page may leave fields out)."""
     quoted = list(_quoted_examples(ROOT / "docs" / page))

@@ -21,7 +21,7 @@ from rtdetr.model.checkpoint import ModelMetadata, load_model, save_checkpoint
 NOT_ARCHITECTURE = {
     "num_select", "vfl_loss_coef", "bbox_loss_coef", "giou_loss_coef", "alpha", "gamma", "class_cost",
     "bbox_cost", "giou_cost", "clip_max_norm", "loss_types", "backbone_names", "linear_proj_names",
-    "distillation_loss_coef", "frozen_fm",
+    "distillation_loss_coef", "load_teacher_enc_dec", "frozen_fm",
 }  # fmt: skip
 
 

@@ -44,7 +44,11 @@ TASK_REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
     "gen_trt_engine": (("gen_trt_engine.onnx_file",), ("gen_trt_engine.trt_engine",)),
     "quantize": (("quantize.onnx_file",), ("quantize.output_file",), ("quantize.cal_image_dir[]",)),
 }
-TASK_REQUIRED["distill"] = TASK_REQUIRED["train"] + (("distill.pretrained_teacher_model_path",),)
+TASK_REQUIRED["distill"] = TASK_REQUIRED["train"] + (
+    ("distill.pretrained_teacher_model_path",),
+    ("distill.bindings[].teacher_module_name",),  # at least one binding, each naming both sides
+    ("distill.bindings[].student_module_name",),
+)
 
 MAX_STRIDE = 32  # the coarsest backbone level: input sizes must be multiples of it
 
@@ -88,8 +92,38 @@ def _missing_values(obj: object, prefix: str) -> Iterator[str]:
             yield path
 
 
+def _teacher_fits_student(cfg: ExperimentConfig) -> Iterator[Problem]:
+    """Distillation compares teacher and student features without a projection between them: they
+    share hidden_dim, the encoder width and the feature strides."""
+    s, t = cfg.model, cfg.distill.teacher
+    why = "teacher and student must share it (their features are compared without a projection)"
+    if t.hidden_dim != s.hidden_dim:
+        yield Problem(
+            "distill.teacher.hidden_dim",
+            f"value {t.hidden_dim} differs from model.hidden_dim {s.hidden_dim}: {why}",
+        )
+    elif (t.encoder_hidden_dim or t.hidden_dim) != (s.encoder_hidden_dim or s.hidden_dim):
+        yield Problem(
+            "distill.teacher.encoder_hidden_dim",
+            f"encoder width {t.encoder_hidden_dim or t.hidden_dim} differs from the student's "
+            f"{s.encoder_hidden_dim or s.hidden_dim} (model.encoder_hidden_dim, or hidden_dim when null): {why}",
+        )
+    if list(t.feat_strides) != list(s.feat_strides):
+        yield Problem(
+            "distill.teacher.feat_strides",
+            f"{t.feat_strides} differ from model.feat_strides {s.feat_strides}: {why}",
+        )
+
+
+# Cross-field rules that hold for one task only.
+TASK_RULES: dict[str, tuple[Callable[[ExperimentConfig], Iterator[Problem]], ...]] = {
+    "distill": (_teacher_fits_student,),
+}
+
+
 def required_problems(cfg: ExperimentConfig, task: str) -> list[Problem]:
-    """Values the task needs that the spec leaves unset."""
+    """Values the task needs that the spec leaves unset, and the rules that hold for that task only
+    (TASK_RULES)."""
     problems = []
     covered = set()
     for alternatives in TASK_REQUIRED.get(task, ()):
@@ -107,6 +141,8 @@ def required_problems(cfg: ExperimentConfig, task: str) -> list[Problem]:
         for path in _missing_values(getattr(cfg, section), section):
             if path not in covered:
                 problems.append(Problem(path, f"required for {task} but not set"))
+    for rule in TASK_RULES.get(task, ()):
+        problems.extend(rule(cfg))
     return list(dict.fromkeys(problems))  # an empty list stands for each of its items' fields: once
 
 

@@ -258,7 +258,15 @@ class ModelConfig:
         ["reference_points", "sampling_offsets"], "Linear projection layer names."
     )
     distillation_loss_coef: float = spec_field(
-        1.0, "Coefficient for the distillation loss during distillation.", valid_min=0.0
+        1.0, "Coefficient for the distillation loss during distillation.", valid_min=0.0,
+        note="Applied (TAO never applies it): total = detection losses + coef x sum of the weighted "
+        "binding losses.",
+    )  # fmt: skip
+    load_teacher_enc_dec: bool = spec_field(
+        False,
+        "Distill only: before training, copy the teacher's encoder and decoder tensors whose names and "
+        "shapes match into the student.",
+        note="Undocumented in TAO (true in its sample distill spec); read by distill only.",
     )
     frozen_fm: FrozenFMConfig = spec_field(
         FrozenFMConfig, "Configurable parameters used to construct the frozen foundation model."

@@ -144,8 +144,8 @@ class DeferredInterrupt(L.Callback):
 
 
 class StatusCallback(L.Callback):
-    """TAO status.json lines: one RUNNING line per epoch with train_loss and, after validation,
-    val_mAP, val_mAP50 and val_loss."""
+    """TAO status.json lines: one RUNNING line per epoch with train_loss (and the module's
+    ``kpi_names``, per epoch) and, after validation, val_mAP, val_mAP50 and val_loss."""
 
     def __init__(self, status: StatusLogger):
         self.status = status
@@ -168,6 +168,9 @@ class StatusCallback(L.Callback):
         self._epoch_times.append(elapsed)
         epoch, max_epoch = trainer.current_epoch, trainer.max_epochs or 0
         kpi = {"train_loss": _float(metrics.get("train_loss_epoch"))}
+        for name in getattr(pl_module, "kpi_names", ()):  # e.g. the distillation terms
+            if f"{name}_epoch" in metrics:
+                kpi[name] = _float(metrics[f"{name}_epoch"])
         for key in ("val_mAP", "val_mAP50", "val_loss"):
             if key in metrics and self._validated_epoch == epoch:  # callback_metrics keep stale values
                 if key != "val_loss" and getattr(pl_module, "map_epoch", epoch) != epoch:

@@ -29,13 +29,12 @@ class LoadReport:
     mismatched: list[str] = field(default_factory=list)  # same name, other shape
 
 
-def load_pretrained_model(model: nn.Module, path: str | os.PathLike) -> LoadReport:
-    """Load every tensor of a checkpoint whose name and shape match; report what was skipped.
-
-    Takes our checkpoints, TAO's RT-DETR checkpoints (``model.model.*`` keys) and plain state dicts
-    (also under "model", "state_dict" or "ema.module").
-    """
-    data = torch_load_weights(path, "train.pretrained_model_path")
+def read_model_state(model: nn.Module, path: str | os.PathLike, field: str) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file under ``model``'s names: our checkpoints, TAO's RT-DETR
+    checkpoints (``model.model.*`` keys, the backbone's through its ``adapt_state_dict``) and plain
+    state dicts (also under "model", "state_dict" or "ema.module"). ``field`` names the spec field
+    in errors."""
+    data = torch_load_weights(path, field)
     state = data
     if isinstance(data, dict) and isinstance(data.get("ema"), dict):
         state = data["ema"].get("module", data["ema"])
@@ -43,13 +42,23 @@ def load_pretrained_model(model: nn.Module, path: str | os.PathLike) -> LoadRepo
         state = data["state_dict"]
     elif isinstance(data, dict) and isinstance(data.get("model"), dict):
         state = data["model"]
+    if not isinstance(state, dict):
+        raise UserError(f"{field}: {path}: not a checkpoint or state dict")
     if is_tao_state_dict(state):  # a TAO RT-DETR checkpoint: its names -> ours
         state = tao_state_dict_to_ours(state, getattr(model.backbone, "adapt_state_dict", None))
-    state = {
+    return {
         k.removeprefix("module.").removeprefix(STATE_PREFIX): v
         for k, v in state.items()
-        if torch.is_tensor(v)
+        if isinstance(k, str) and torch.is_tensor(v)
     }
+
+
+def load_pretrained_model(model: nn.Module, path: str | os.PathLike) -> LoadReport:
+    """Load every tensor of a checkpoint whose name and shape match; report what was skipped.
+
+    Takes the files of :func:`read_model_state`.
+    """
+    state = read_model_state(model, path, "train.pretrained_model_path")
     own = model.state_dict()
     report = LoadReport()
     usable = {}
@@ -115,3 +124,22 @@ def enable_activation_checkpointing(model: nn.Module, layer_types: tuple[type, .
             module.forward = _checkpointed(module, module.forward)
             count += 1
     return count
+
+
+def state_misfit(theirs: dict[str, torch.Tensor], own: dict[str, torch.Tensor], model: str) -> str:
+    """ "" when the tensors ``theirs`` (a file's) are exactly those of ``own`` (by name and shape),
+    else what differs: "(N tensors of another shape, M missing, K extra; e.g. ...)", ``model`` naming
+    the side ``own`` comes from (e.g. "the spec's model")."""
+    other = [k for k in own if k in theirs and theirs[k].shape != own[k].shape]
+    missing = [k for k in own if k not in theirs]
+    extra = [k for k in theirs if k not in own]
+    if not (other or missing or extra):
+        return ""
+    if other:
+        key = other[0]
+        example = f"{key}: shape {list(theirs[key].shape)}, {model} has {list(own[key].shape)}"
+    else:
+        example = f"{missing[0]} missing" if missing else f"{extra[0]} not in {model}"
+    return (
+        f"({len(other)} tensors of another shape, {len(missing)} missing, {len(extra)} extra; e.g. {example})"
+    )

@@ -84,6 +84,7 @@ class DetectionModule(L.LightningModule):
         # counts (DDP pads a rank's last batch with repeats)
         self._val_images: dict[int, list[dict] | None] = {}
         self.map_epoch = -1  # the last epoch whose validation computed val_mAP (see StatusCallback)
+        self.kpi_names: tuple[str, ...] = ()  # logged values that status.json's epoch lines also carry
 
     def train(self, mode: bool = True):
         """Frozen submodules (train.freeze, the backbone when model.train_backbone is false) keep their
@@ -133,11 +134,15 @@ class DetectionModule(L.LightningModule):
         for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = base * schedule(scheduler.last_epoch)
 
+    def training_loss(self, images: torch.Tensor, targets: list[dict]) -> torch.Tensor:
+        """The loss one training batch minimises (images already in the module's layout): the sum of
+        the criterion's weighted losses. DistillModule adds its distillation term."""
+        outputs = self.model(images, targets)
+        return total_loss(self.criterion(outputs, targets))
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
-        outputs = self.model(self._layout(images), targets)
-        losses = self.criterion(outputs, targets)
-        loss = total_loss(losses)
+        loss = self.training_loss(self._layout(images), targets)
         bad = not bool(torch.isfinite(loss.detach()))
         if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
             raise TrainingDiverged(
@@ -283,6 +288,10 @@ class DetectionModule(L.LightningModule):
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def saved_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint of this module holds (and a resumed run must find there)."""
+        return self.state_dict()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rtdetr"] = self.metadata.to_dict()

@@ -25,9 +25,15 @@ from rtdetr.engine.callbacks import (
     progress_bar,
 )
 from rtdetr.engine.data import TrainingData, build_training_data
+from rtdetr.engine.distill import DistillModule, bindings_of, build_teacher, copy_encoder_decoder
 from rtdetr.engine.ema import EMA
 from rtdetr.engine.hardware import resolve_hardware
-from rtdetr.engine.model_setup import enable_activation_checkpointing, freeze, load_pretrained_model
+from rtdetr.engine.model_setup import (
+    enable_activation_checkpointing,
+    freeze,
+    load_pretrained_model,
+    state_misfit,
+)
 from rtdetr.engine.module import DetectionModule
 from rtdetr.engine.optim import backbone_prefixes, resumed_changes
 from rtdetr.errors import UserError
@@ -92,21 +98,9 @@ def check_resume_checkpoint(path: Path, module: L.LightningModule, explicit: boo
         checkpoint = read_checkpoint(path)
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from exc
-    theirs = checkpoint["state_dict"]
-    own = module.state_dict()
-    other = [k for k in own if k in theirs and theirs[k].shape != own[k].shape]
-    missing = [k for k in own if k not in theirs]
-    extra = [k for k in theirs if k not in own]
-    if other or missing or extra:
-        if other:
-            key = other[0]
-            example = f"{key}: shape {list(theirs[key].shape)}, the spec's model has {list(own[key].shape)}"
-        else:
-            example = f"{missing[0]} missing" if missing else f"{extra[0]} not in the spec's model"
-        raise UserError(
-            f"{where}: {path} does not fit this spec's model ({len(other)} tensors of another shape, "
-            f"{len(missing)} missing, {len(extra)} extra; e.g. {example}); {fix}"
-        )
+    misfit = state_misfit(checkpoint["state_dict"], module.saved_state_dict(), "the spec's model")
+    if misfit:
+        raise UserError(f"{where}: {path} does not fit this spec's model {misfit}; {fix}")
     saved = (checkpoint.get("optimizer_states") or [None])[0]
     if saved is not None:
         mine = _optimizer_layout(module.optim.optimizer, module.param_groups())
@@ -140,8 +134,9 @@ def _optimizer_layout(kind: str | None, groups: list[dict]) -> str:
     return f"{kind} ({', '.join(sizes)})"
 
 
-def build_module(cfg: ExperimentConfig, data: TrainingData) -> DetectionModule:
-    """Model (with pretrained weights, frozen parts), criterion and optimizer settings."""
+def build_module(cfg: ExperimentConfig, data: TrainingData, task: str = "train") -> DetectionModule:
+    """Model (with pretrained weights, frozen parts), criterion and optimizer settings; for the
+    distill task a DistillModule with its teacher, whose bindings a dry forward has checked."""
     meta = ModelMetadata(
         model=spec_to_dict(cfg.model),
         num_classes=cfg.dataset.num_classes,
@@ -160,6 +155,9 @@ def build_module(cfg: ExperimentConfig, data: TrainingData) -> DetectionModule:
     backbone_prefixes(model, cfg.model.backbone_names)  # a name that matches nothing: refused before training
     if cfg.train.pretrained_model_path:
         load_pretrained_model(model, cfg.train.pretrained_model_path)
+    teacher = build_teacher(cfg, cfg.dataset.num_classes) if task == "distill" else None
+    if teacher is not None and cfg.model.load_teacher_enc_dec:
+        copy_encoder_decoder(model, teacher)
     frozen = list(cfg.train.freeze)
     if frozen:
         freeze(model, frozen)
@@ -167,19 +165,30 @@ def build_module(cfg: ExperimentConfig, data: TrainingData) -> DetectionModule:
         frozen.append("backbone")
     if cfg.train.activation_checkpoint:
         enable_activation_checkpointing(model)
-    return DetectionModule(
+    settings = {
+        "optim": cfg.train.optim,
+        "metadata": meta,
+        "backbone_names": cfg.model.backbone_names,
+        "linear_proj_names": cfg.model.linear_proj_names,
+        "num_select": cfg.model.num_select,
+        "label_to_category": data.label_to_category,
+        "val_gt": data.val_gt,
+        "seed": cfg.train.seed,
+        "frozen": frozen,
+    }
+    criterion = build_criterion(cfg.model, cfg.dataset.num_classes)  # distill's matcher is train's
+    if teacher is None:
+        return DetectionModule(model, criterion, **settings)
+    module = DistillModule(
         model,
-        build_criterion(cfg.model, cfg.dataset.num_classes),
-        optim=cfg.train.optim,
-        metadata=meta,
-        backbone_names=cfg.model.backbone_names,
-        linear_proj_names=cfg.model.linear_proj_names,
-        num_select=cfg.model.num_select,
-        label_to_category=data.label_to_category,
-        val_gt=data.val_gt,
-        seed=cfg.train.seed,
-        frozen=frozen,
+        criterion,
+        teacher=teacher,
+        bindings=bindings_of(cfg),
+        distillation_loss_coef=cfg.model.distillation_loss_coef,
+        **settings,
     )
+    module.check_bindings(cfg.dataset.augmentation.train_spatial_size)
+    return module
 
 
 def _loggers(cfg: ExperimentConfig, results_dir: Path) -> list:
@@ -236,8 +245,11 @@ def seed_run(seed: int) -> None:
         torch.seed()
 
 
-def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> DetectionModule:
-    """Train as the spec says; checkpoints, logs and plots go to ``results_dir``."""
+def fit(
+    cfg: ExperimentConfig, results_dir: Path, status: StatusLogger, task: str = "train"
+) -> DetectionModule:
+    """Train as the spec says (``task`` "distill": with distillation from the spec's teacher);
+    checkpoints, logs and plots go to ``results_dir``."""
     t = cfg.train
     quiet_lightning()
     hardware = resolve_hardware(t)
@@ -247,7 +259,7 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
     torch.backends.cudnn.deterministic = t.cudnn.deterministic
 
     data = build_training_data(cfg, results_dir, world_size=hardware.world_size)
-    module = build_module(cfg, data)
+    module = build_module(cfg, data, task)
     if t.distributed_strategy != "fsdp":  # FSDP flattens the parameters into one contiguous buffer
         module.to_channels_last()
     if hardware.accelerator == "cpu":
@@ -310,6 +322,8 @@ def fit(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> Detec
         warnings.filterwarnings("ignore", message=".*The number of training batches.*")
         warnings.filterwarnings("ignore", message=".*It is recommended to use `self.log\\('val_mAP.*")
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+        # the frozen parts' norm layers and a distillation teacher are in eval mode on purpose
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
         try:
             with interrupt:
                 trainer.fit(module, data.train_loader, data.val_loader, ckpt_path=ckpt)

@@ -307,7 +307,10 @@ class RTDETRDecoder(nn.Module):
         return torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], dim=1), shapes
 
     def forward(
-        self, feats: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
+        self,
+        feats: list[torch.Tensor],
+        targets: list[dict[str, torch.Tensor]] | None = None,
+        features: dict[str, object] | None = None,
     ) -> dict:
         """feats: encoder maps [B, C_i, H_i, W_i]; targets (training, for denoising): per image
         "labels" [N] int64 and "boxes" [N, 4] normalised cxcywh.
@@ -322,6 +325,10 @@ class RTDETRDecoder(nn.Module):
           when aux_loss is off), and `dn_meta`: `dn_positive_idx` (per image, LongTensor of the positive
           denoising query indices, group-major, so they pair with `targets[i]` tiled `dn_num_group`
           times), `dn_num_group` (int), `dn_num_split` ([N_dn, Q]).
+
+        With a `features` dict, the Q queries selected from the encoder memory are also stored there
+        (for distillation): "enc_topk_memory" [B, Q, hidden_dim] (their enc_output rows),
+        "enc_topk_logits" [B, Q, num_classes] (raw) and "enc_topk_boxes" [B, Q, 4] (normalised cxcywh).
         """
         memory, shapes = self._flatten_levels(feats)
         candidates = int(memory.shape[1])  # a check only: in a trace it reads the example input (no graph op)
@@ -369,6 +376,10 @@ class RTDETRDecoder(nn.Module):
         ref_unact = self.enc_bbox_head(topk_memory) + torch.where(topk_valid, topk_anchors, 0.0)
         ref_unact = torch.where(topk_valid, ref_unact, topk_anchors)
         enc_topk_boxes = ref_unact.sigmoid()
+        if features is not None:
+            features.update(
+                enc_topk_memory=topk_memory, enc_topk_logits=enc_topk_logits, enc_topk_boxes=enc_topk_boxes
+            )
         tgt = topk_memory.detach()
         attn_mask, num_denoising = None, 0
         if dn is not None:

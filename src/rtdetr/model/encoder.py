@@ -140,6 +140,10 @@ class HybridEncoder(nn.Module):
 
     forward: list of [B, in_channels[i], H_i, W_i] (strides increasing by 2x) ->
     list of [B, hidden_dim, H_i, W_i]. Works for 1..4 levels and any input size.
+
+    With a `features` dict, forward also stores there "srcs" (the input-projected maps, the
+    `use_encoder_idx` levels replaced by the transformer encoder's output) and "dsrcs" (the
+    returned FPN/PAN maps), each a list of [B, hidden_dim, H_i, W_i]: what distillation compares.
     """
 
     def __init__(
@@ -220,7 +224,9 @@ class HybridEncoder(nn.Module):
                 self._pos_cache[key] = pos.to(device, dtype)
         return self._pos_cache[key]
 
-    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(
+        self, feats: list[torch.Tensor], features: dict[str, object] | None = None
+    ) -> list[torch.Tensor]:
         if len(feats) != len(self.in_channels):
             raise ValueError(f"expected {len(self.in_channels)} feature maps, got {len(feats)}")
         # (their gradients come back as slices of the concatenations below: see contiguous_grad)
@@ -232,6 +238,8 @@ class HybridEncoder(nn.Module):
                 pos = self._position_embedding(h, w, c, proj[idx].device, proj[idx].dtype)
                 memory = encoder(proj[idx].flatten(2).transpose(1, 2), pos)
                 proj[idx] = memory.transpose(1, 2).reshape(b, c, h, w)
+        if features is not None:
+            features["srcs"] = list(proj)
 
         # top-down: the lateral conv output replaces the higher map; fuse it upsampled with the lower one
         inner = [proj[-1]]
@@ -246,4 +254,6 @@ class HybridEncoder(nn.Module):
         for i, high in enumerate(inner[1:]):
             down = self.downsample_convs[i](outs[-1])
             outs.append(self.pan_blocks[i](torch.cat([down, high], dim=1)))
+        if features is not None:
+            features["dsrcs"] = list(outs)
         return outs

@@ -16,6 +16,10 @@ class RTDETR(nn.Module):
     training also `aux_outputs`, `enc_outputs`, `dn_outputs` and `dn_meta` as documented in
     `RTDETRDecoder.forward`. `targets` (training only, for denoising): per image "labels" [N] int64
     and "boxes" [N, 4] normalised cxcywh. H and W should be multiples of 32 (any size runs).
+
+    `features`, when a dict is given, receives the intermediate tensors that distillation compares
+    (see `HybridEncoder.forward` and `RTDETRDecoder.forward`); with None (the default) nothing is
+    recorded, so outputs and exported graphs are those of the plain call.
     """
 
     def __init__(self, backbone: nn.Module, encoder: nn.Module, decoder: nn.Module):
@@ -24,8 +28,14 @@ class RTDETR(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
 
-    def forward(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None) -> dict:
-        return self.decoder(self.encoder(self.backbone(images)), targets)
+    def forward(
+        self,
+        images: torch.Tensor,
+        targets: list[dict[str, torch.Tensor]] | None = None,
+        features: dict[str, object] | None = None,
+    ) -> dict:
+        maps = self.encoder(self.backbone(images), features=features)
+        return self.decoder(maps, targets, features=features)
 
     def deploy(self) -> RTDETR:
         """Switch to eval mode and fuse for inference; irreversible, and the state dict changes.

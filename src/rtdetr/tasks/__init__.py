@@ -16,6 +16,7 @@ from rtdetr.errors import NotImplementedTask
 
 TASK_MODULES: dict[str, str] = {
     "train": "rtdetr.tasks.train",
+    "distill": "rtdetr.tasks.distill",
     "evaluate": "rtdetr.tasks.evaluate",
     "inference": "rtdetr.tasks.inference",
     "export": "rtdetr.tasks.export",
