@@ -156,6 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"input size, multiples of 32 up to {MAX_INFO_SIZE} (default: eval_spatial_size)",
     )  # fmt: skip
     _common_flags(p, suppress=True)
+
+    p = sub.add_parser(
+        "serve", help="run the job server: datasets, experiments and jobs over a REST API",
+        description="Run the job server (needs the service extra: pip install \"rtdetr[service]\"). "
+        "It keeps datasets, experiments and jobs in a database, runs each job as `rtdetr <action>` and "
+        "asks for the bearer token it writes to DATA_DIR/.service/token on its first start.",
+    )  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument("--data-dir", default="rtdetr_service", help="the data folder (default ./rtdetr_service)")
+    p.add_argument(
+        "--db", metavar="URL", help="a SQLAlchemy database URL (default: SQLite in the data folder)"
+    )
+    _common_flags(p, suppress=True)
     return parser
 
 
@@ -289,6 +303,19 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from rtdetr.service.app import serve
+        from rtdetr.service.settings import Settings
+    except ImportError as exc:
+        raise UserError(f'serve needs the service extra: pip install "rtdetr[service]" ({exc})') from exc
+
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port}: give a port from 1 to 65535")
+    serve(Settings(data_dir=args.data_dir, db_url=args.db), host=args.host, port=args.port)
+    return 0
+
+
 def cmd_task(args: argparse.Namespace) -> int:
 
     try:
@@ -334,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "info": cmd_info,
         "quickstart": cmd_quickstart,
         "sample-data": cmd_sample_data,
+        "serve": cmd_serve,
     }
     handler = handlers.get(args.command, cmd_task)
 

@@ -1,0 +1,81 @@
+"""Helpers of the service tests: the API client wrapper, fake job commands, settings for tests."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from rtdetr.service.settings import Settings
+
+FAKE_JOB = Path(__file__).parent / "fake_job.py"
+ORG = "/api/v1/orgs/test"
+
+
+def fake_command(mode: str):
+    """A Settings.command running fake_job.py in ``mode``."""
+    return lambda action, spec: [sys.executable, str(FAKE_JOB), mode, action, str(spec)]
+
+
+class Server:
+    """A running app: ``client`` sends the token; helpers for the usual calls."""
+
+    def __init__(self, client: TestClient, settings: Settings):
+        self.client, self.settings = client, settings
+
+    def post(self, path: str, **kwargs):
+        return self.client.post(ORG + path, **kwargs)
+
+    def get(self, path: str, **kwargs):
+        return self.client.get(ORG + path, **kwargs)
+
+    def dataset(self, name: str = "train", **body) -> str:
+        r = self.post(
+            "/datasets", json={"name": name, "path": "squares", "json_file": f"{name}.json", **body}
+        )
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+    def experiment(self, **body) -> str:
+        train, val = self.dataset("train"), self.dataset("val")
+        body = {"name": "squares", "train_datasets": [train], "eval_dataset": val, **body}
+        r = self.post("/experiments", json=body)
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+    def submit(
+        self, experiment: str, action: str, specs: dict | None = None, parent: str | None = None
+    ) -> str:
+        body = {"action": action, "specs": specs or {}, "parent_job_id": parent}
+        r = self.post(f"/experiments/{experiment}/jobs", json=body)
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+    def job(self, experiment: str, job: str) -> dict:
+        r = self.get(f"/experiments/{experiment}/jobs/{job}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait(self, experiment: str, job: str, statuses, timeout: float = 15.0) -> dict:
+        """The job once its status is one of ``statuses``; fails after ``timeout`` seconds."""
+        statuses = (statuses,) if isinstance(statuses, str) else tuple(statuses)
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.job(experiment, job)
+            if info["status"] in statuses:
+                return info
+            assert time.monotonic() < deadline, f"job {job} still {info['status']} after {timeout} s: {info}"
+            time.sleep(0.05)
+
+
+def make_settings(data_dir: Path, **kwargs) -> Settings:
+    options = {
+        "poll_interval": 0.05,
+        "cancel_grace": 0.5,
+        "max_jobs": 2,
+        "gpus": [],
+        "command": fake_command("ok"),
+    }
+    return Settings(data_dir=data_dir, **{**options, **kwargs})
