@@ -3,6 +3,7 @@ the parent's best checkpoint and reports test mAP."""
 
 from __future__ import annotations
 
+import pytest
 from service_helpers import fake_command
 
 from rtdetr.service.settings import default_command
@@ -25,6 +26,7 @@ BASE_SPEC = {
     }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_an_evaluate_child_runs_the_toolkit_on_its_parents_best_checkpoint(server):
     import torch
 
