@@ -146,6 +146,11 @@ def _get(session: Session, model: type, org: str, ident: str, what: str):
     return row
 
 
+def _owned(session: Session, model: type, org: str) -> list:
+    """The organisation's rows of ``model``, oldest first."""
+    return list(session.scalars(select(model).where(model.org == org).order_by(model.created_at)))
+
+
 def _job(session: Session, org: str, experiment_id: str, job_id: str) -> db.Job:
     job = _get(session, db.Job, org, job_id, "job")
     if job.experiment_id != experiment_id:
@@ -312,10 +317,7 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
 
     @api.get("/datasets", tags=["datasets"])
     def list_datasets(org: str, session: SessionDep) -> list[dict]:
-        rows = session.scalars(
-            select(db.Dataset).where(db.Dataset.org == org).order_by(db.Dataset.created_at)
-        )
-        return [dataset_out(d) for d in rows]
+        return [dataset_out(d) for d in _owned(session, db.Dataset, org)]
 
     @api.get("/datasets/{dataset_id}", tags=["datasets"])
     def get_dataset(org: str, dataset_id: str, session: SessionDep) -> dict:
@@ -327,7 +329,7 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
         row = _get(session, db.Dataset, org, dataset_id, "dataset")
         users = [
             e.id
-            for e in session.scalars(select(db.Experiment).where(db.Experiment.org == org))
+            for e in _owned(session, db.Experiment, org)
             if dataset_id in (e.train_datasets or []) or dataset_id in (e.eval_dataset, e.test_dataset)
         ]
         if users:
@@ -357,10 +359,7 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
 
     @api.get("/experiments", tags=["experiments"])
     def list_experiments(org: str, session: SessionDep) -> list[dict]:
-        rows = session.scalars(
-            select(db.Experiment).where(db.Experiment.org == org).order_by(db.Experiment.created_at)
-        )
-        return [experiment_out(e) for e in rows]
+        return [experiment_out(e) for e in _owned(session, db.Experiment, org)]
 
     @api.get("/experiments/{experiment_id}", tags=["experiments"])
     def get_experiment(org: str, experiment_id: str, session: SessionDep) -> dict:
