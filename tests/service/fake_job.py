@@ -5,6 +5,8 @@ usage: fake_job.py MODE ACTION SPEC
   ok        STARTED, SUCCESS
   train     three epochs with val_mAP50 0.5, 0.7, 0.6 and a checkpoint each, then SUCCESS
   export    writes export.onnx_file, then SUCCESS
+  epochs    five epochs of 0.4 s after the ones checkpointed before (a resume); on SIGTERM it stops
+            at the next epoch boundary with exit status 143, as the train task does
   fail      STARTED, FAILURE "boom", exit status 1
   sleep     STARTED, starts a child that sleeps too (its pid in child.pid), sleeps 60 s
   stubborn  as sleep, and ignores SIGTERM
@@ -41,6 +43,18 @@ def main() -> int:
             status("RUNNING", f"Train epoch {epoch} finished.", epoch=epoch, max_epoch=3, eta="0:00:01",
                    kpi={"train_loss": 1.0 - score, "val_mAP50": score})  # fmt: skip
         os.symlink("model_epoch_002.pth", results / "rtdetr_model_latest.pth")
+    elif mode == "epochs":
+        stop = []
+        signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+        for epoch in range(len(list(results.glob("model_epoch_*.pth"))), 5):
+            time.sleep(0.4)
+            if stop:
+                status("FAILURE", f"SIGTERM received during epoch {epoch}")
+                return 143
+            (results / f"model_epoch_{epoch:03d}.pth").write_bytes(b"weights")
+            status("RUNNING", f"Train epoch {epoch} finished.", epoch=epoch, max_epoch=5,
+                   kpi={"train_loss": 1.0 / (epoch + 1), "val_mAP50": 0.1 * epoch})  # fmt: skip
+            print(f"epoch {epoch}", flush=True)
     elif mode == "export":
         Path(spec["export"]["onnx_file"]).parent.mkdir(parents=True, exist_ok=True)
         Path(spec["export"]["onnx_file"]).write_bytes(b"onnx")

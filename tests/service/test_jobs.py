@@ -59,6 +59,8 @@ def test_a_train_job_is_filled_in_runs_and_reports_epochs_and_kpis(server):
     )
     assert r.status_code == 200 and r.content == b"weights"
     assert [j["id"] for j in server.get(f"/experiments/{experiment}/jobs").json()] == [job]
+    curves = server.get(f"/experiments/{experiment}/jobs/{job}/metrics").json()
+    assert [(row["epoch"], row["val_mAP50"]) for row in curves] == [(0, 0.5), (1, 0.7), (2, 0.6)]
 
 
 def test_children_take_the_parents_best_checkpoint_and_onnx_file(server):

@@ -30,7 +30,7 @@ from typing import Annotated, Any
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from sqlalchemy import make_url, select
@@ -46,13 +46,15 @@ from rtdetr.config.rules import TASKS
 from rtdetr.errors import SpecError, UserError, abbreviate
 from rtdetr.service import db
 from rtdetr.service.datasets import dataset_root, extract_archive, find_pair, inside, summarize
-from rtdetr.service.executor import SPEC_FILE, Executor, LocalExecutor, Scheduler
+from rtdetr.service.executor import LOG_FILE, SPEC_FILE, Executor, LocalExecutor, Scheduler, follow_file
 from rtdetr.service.settings import Settings
 from rtdetr.service.specs import build_job_spec, parent_model, task_dir
 
 log = logging.getLogger(__name__)
 
 MAX_LOG_LINES = 100_000
+MAX_FOLLOW_SECONDS = 24 * 3600
+RESUMABLE = ("train", "distill")  # actions that go on from their latest checkpoint
 UPLOAD_CHUNK = 1 << 20
 
 
@@ -125,6 +127,24 @@ def progress(job: db.Job) -> dict:
             out["kpi"].update(line["kpi"])
     out["status_message"] = lines[-1].get("message", "") if lines and isinstance(lines[-1], dict) else ""
     return out
+
+
+def epoch_metrics(job: db.Job) -> list[dict]:
+    """One row per epoch line of the job's status.json: the epoch and its KPIs (the last line of an
+    epoch that was run twice, e.g. after a resume)."""
+    try:
+        lines = read_status(task_dir(job.job_dir, job.action, job.specs))
+    except (OSError, ValueError):
+        return []
+    rows: dict[int, dict] = {}
+    for line in lines:
+        if (
+            isinstance(line, dict)
+            and isinstance(line.get("epoch"), int)
+            and isinstance(line.get("kpi"), dict)
+        ):
+            rows[line["epoch"]] = {"epoch": line["epoch"], **line["kpi"]}
+    return [rows[e] for e in sorted(rows)]
 
 
 def job_out(job: db.Job, detail: bool = False) -> dict:
@@ -208,6 +228,7 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
     sessions = db.make_sessions(engine)
     executor = executor or LocalExecutor()
     scheduler = Scheduler(settings, sessions, executor)
+    request_sessions = sessions
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -473,24 +494,78 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
     # the routes with ':' come before jobs/{job_id}, whose pattern would take "id:cancel" whole
     @api.post("/experiments/{experiment_id}/jobs/{job_id}:cancel", tags=["jobs"])
     def cancel_job(org: str, experiment_id: str, job_id: str, session: SessionDep) -> dict:
-        """Cancel a job: a queued one at once; a running one's process group gets SIGTERM, then
-        SIGKILL after the grace time, and the job ends Canceled."""
+        """Cancel a job: a queued or paused one at once; a running one's process group gets SIGTERM,
+        then SIGKILL after the grace time, and the job ends Canceled."""
         job = _job(session, org, experiment_id, job_id)
-        if job.status == db.PENDING and db.set_status(session, job.id, db.CANCELED, (db.PENDING,),
-                                                      message="canceled by the user"):  # fmt: skip
+        if db.set_status(
+            session, job.id, db.CANCELED, (*db.QUEUED, db.PAUSED), message="canceled by the user"
+        ):
             session.refresh(job)
             return job_out(job)
-        session.refresh(job)
-        if job.status in (db.RUNNING, db.RESUMING):
-            if db.set_status(session, job.id, db.CANCELING, (db.RUNNING, db.RESUMING)) and job.handle:
+        if db.set_status(session, job.id, db.CANCELING, (db.RUNNING, db.PAUSING)):
+            session.refresh(job)
+            if job.handle:
                 executor.cancel(job.handle, settings.cancel_grace)
             scheduler.wake()
-        elif job.status != db.CANCELING:
+        session.refresh(job)
+        if job.status != db.CANCELING:
             raise HTTPException(
-                409, f"job {job.id} is {job.status}; only a queued or running job can be canceled"
+                409, f"job {job.id} is {job.status}; only a queued, running or paused job can be canceled"
             )
+        return job_out(job)
+
+    @api.post("/experiments/{experiment_id}/jobs/{job_id}:pause", tags=["jobs"])
+    def pause_job(org: str, experiment_id: str, job_id: str, session: SessionDep) -> dict:
+        """Pause a train or distill job: a running one gets SIGTERM, stops at the next step and ends
+        Paused with its checkpoints; a queued one is held. ``:resume`` goes on from the latest one."""
+        job = _job(session, org, experiment_id, job_id)
+        if job.action not in RESUMABLE:
+            raise HTTPException(
+                409, f"job {job.id} is a {job.action} job; only {' and '.join(RESUMABLE)} jobs can be paused"
+            )
+        if db.set_status(session, job.id, db.PAUSED, db.QUEUED, message="paused while queued"):
+            session.refresh(job)
+            return job_out(job)
+        if db.set_status(session, job.id, db.PAUSING, (db.RUNNING,)):
+            session.refresh(job)
+            if job.handle:
+                executor.cancel(job.handle, settings.pause_grace)
+            scheduler.wake()
+        session.refresh(job)
+        if job.status not in (db.PAUSING, db.PAUSED):
+            raise HTTPException(
+                409, f"job {job.id} is {job.status}; only a queued or running job can be paused"
+            )
+        return job_out(job)
+
+    def _requeue(session: Session, job: db.Job, status: str, expected: tuple[str, ...], what: str) -> dict:
+        """Put a job back in the queue as ``status`` (its folder, and so its checkpoints, kept)."""
+        if not db.set_status(session, job.id, status, expected, handle=None, gpu=None, exit_code=None,
+                             message="", started_at=None, finished_at=None):  # fmt: skip
+            session.refresh(job)
+            raise HTTPException(
+                409, f"job {job.id} is {job.status}; only a {' or '.join(expected)} job can be {what}"
+            )
+        with contextlib.suppress(OSError), open(Path(job.job_dir) / LOG_FILE, "a") as fh:
+            fh.write(f"\n--- {what} by the user: the job runs again ---\n")
+        scheduler.wake()
         session.refresh(job)
         return job_out(job)
+
+    @api.post("/experiments/{experiment_id}/jobs/{job_id}:resume", tags=["jobs"])
+    def resume_job(org: str, experiment_id: str, job_id: str, session: SessionDep) -> dict:
+        """Queue a paused job again; it goes on from its latest checkpoint."""
+        return _requeue(
+            session, _job(session, org, experiment_id, job_id), db.RESUMING, (db.PAUSED,), "resumed"
+        )
+
+    @api.post("/experiments/{experiment_id}/jobs/{job_id}:retry", tags=["jobs"])
+    def retry_job(org: str, experiment_id: str, job_id: str, session: SessionDep) -> dict:
+        """Queue a failed or canceled job again with the same spec, in the same folder: a train or
+        distill job goes on from its latest checkpoint, any other action runs again."""
+        return _requeue(
+            session, _job(session, org, experiment_id, job_id), db.PENDING, (db.ERROR, db.CANCELED), "retried"
+        )
 
     @api.get("/experiments/{experiment_id}/jobs/{job_id}:list_files", tags=["jobs"])
     def list_files(org: str, experiment_id: str, job_id: str, session: SessionDep) -> list[dict]:
@@ -546,9 +621,31 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
         job_id: str,
         session: SessionDep,
         tail: Annotated[int, Query(ge=1, le=MAX_LOG_LINES, description="the last N lines")] = 200,
-    ) -> PlainTextResponse:
+        follow: Annotated[bool, Query(description="then what the job writes, until it ends")] = False,
+        max_seconds: Annotated[
+            float, Query(gt=0, le=MAX_FOLLOW_SECONDS, description="the longest a follow lasts")
+        ] = 3600.0,
+    ) -> Response:
+        """The end of the job's output; with ``follow``, a stream of it that lasts while the job
+        runs (or is queued) and ends once the job did and its output is read."""
         job = _job(session, org, experiment_id, job_id)
-        return PlainTextResponse(executor.logs(Path(job.job_dir), tail))
+        if not follow:
+            return PlainTextResponse(executor.logs(Path(job.job_dir), tail))
+        ident = job.id
+
+        def active() -> bool:
+            with request_sessions() as s:
+                row = s.get(db.Job, ident)
+                return row is not None and row.status in (*db.QUEUED, *db.ACTIVE)
+
+        return StreamingResponse(
+            follow_file(Path(job.job_dir) / LOG_FILE, tail, active, max_seconds), media_type="text/plain"
+        )
+
+    @api.get("/experiments/{experiment_id}/jobs/{job_id}/metrics", tags=["jobs"])
+    def job_metrics(org: str, experiment_id: str, job_id: str, session: SessionDep) -> list[dict]:
+        """The job's KPIs per epoch (train_loss, val_loss, val_mAP, val_mAP50, ...): its curves."""
+        return epoch_metrics(_job(session, org, experiment_id, job_id))
 
     @api.get("/experiments/{experiment_id}/jobs/{job_id}", tags=["jobs"])
     def get_job(org: str, experiment_id: str, job_id: str, session: SessionDep) -> dict:

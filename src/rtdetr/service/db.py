@@ -20,7 +20,8 @@ PENDING, RUNNING, DONE, ERROR = "Pending", "Running", "Done", "Error"
 CANCELED, CANCELING = "Canceled", "Canceling"
 PAUSING, PAUSED, RESUMING = "Pausing", "Paused", "Resuming"
 STATUSES = (PENDING, RUNNING, DONE, ERROR, CANCELED, CANCELING, PAUSING, PAUSED, RESUMING)
-ACTIVE = (RUNNING, CANCELING, PAUSING, RESUMING)  # a process may be alive
+QUEUED = (PENDING, RESUMING)  # waiting for a slot; Resuming: a paused job, to go on from its checkpoint
+ACTIVE = (RUNNING, CANCELING, PAUSING)  # a process may be alive
 FINISHED = (DONE, ERROR, CANCELED, PAUSED)
 
 
@@ -119,11 +120,11 @@ def make_sessions(engine: Engine) -> sessionmaker[Session]:
 
 
 def claim(session: Session, job_id: str, **values: Any) -> bool:
-    """Move a job from Pending to Running with ``values`` set, in one conditional UPDATE: of several
-    schedulers racing for a job exactly one gets True."""
+    """Move a queued job (Pending or Resuming) to Running with ``values`` set, in one conditional
+    UPDATE: of several schedulers racing for a job exactly one gets True."""
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == PENDING)
+        .where(Job.id == job_id, Job.status.in_(QUEUED))
         .values(status=RUNNING, started_at=now(), **values)
     )
     session.commit()

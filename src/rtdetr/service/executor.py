@@ -15,8 +15,9 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from sqlalchemy import select, update
 from rtdetr.common.status import read_status
 from rtdetr.service import db
 from rtdetr.service.settings import Settings
-from rtdetr.service.specs import task_dir
+from rtdetr.service.specs import latest_checkpoint, task_dir
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,13 @@ class Executor(ABC):
         return tail(job_dir / LOG_FILE, lines)
 
 
-def tail(path: Path, lines: int, block: int = 1 << 16) -> str:
-    """The last ``lines`` lines of a text file, read from its end."""
+def tail(path: Path, lines: int, block: int = 1 << 16, end: int | None = None) -> str:
+    """The last ``lines`` lines of a text file (of its first ``end`` bytes), read from its end."""
     if not path.is_file() or lines <= 0:
         return ""
     with path.open("rb") as fh:
         fh.seek(0, os.SEEK_END)
-        end = fh.tell()
+        end = fh.tell() if end is None else min(end, fh.tell())
         data = b""
         while end > 0 and data.count(b"\n") <= lines:
             start = max(0, end - block)
@@ -77,6 +78,31 @@ def tail(path: Path, lines: int, block: int = 1 << 16) -> str:
             end = start
     text = data.decode("utf-8", errors="replace")
     return "\n".join(text.splitlines()[-lines:]) + ("\n" if text.endswith("\n") else "")
+
+
+def follow_file(path: Path, lines: int, active: Callable[[], bool], max_seconds: float,
+           interval: float = 0.5) -> Iterator[bytes]:  # fmt: skip
+    """The last ``lines`` lines of a log, then what is appended to it, until ``active()`` is False
+    and the file is read to its end, or ``max_seconds`` have passed."""
+    deadline = time.monotonic() + max_seconds
+    position = path.stat().st_size if path.is_file() else 0
+    first = tail(path, lines, end=position)
+    if first:
+        yield first.encode()
+    while True:
+        running = active()  # asked before the read: what the job writes last is read too
+        chunk = b""
+        if path.is_file():
+            with path.open("rb") as fh:
+                fh.seek(position)
+                chunk = fh.read(1 << 20)
+        if chunk:
+            position += len(chunk)
+            yield chunk
+        if time.monotonic() > deadline or not (chunk or running):
+            return
+        if not chunk:
+            time.sleep(interval)
 
 
 def group_alive(pgid: int) -> bool:
@@ -182,6 +208,14 @@ def last_status_message(job_dir: Path, action: str, specs: dict) -> str:
     return tail(job_dir / LOG_FILE, 1).strip()
 
 
+def paused_message(job_dir: Path, action: str, specs: dict) -> str:
+    """What a paused job will resume from: its results folder's latest checkpoint, if any."""
+    latest = latest_checkpoint(task_dir(job_dir, action, specs))
+    if latest is None:
+        return "paused before its first checkpoint; resume starts it again"
+    return f"paused; resume goes on from {latest.name}"
+
+
 def finished_ok(job_dir: Path, action: str, specs: dict) -> bool:
     """Whether the job's status.json ends with SUCCESS."""
     try:
@@ -255,7 +289,7 @@ class Scheduler:
         while running < self.settings.max_jobs and not self._stop.is_set():
             with self.sessions() as session:
                 job = session.scalars(
-                    select(db.Job).where(db.Job.status == db.PENDING).order_by(db.Job.created_at).limit(1)
+                    select(db.Job).where(db.Job.status.in_(db.QUEUED)).order_by(db.Job.created_at).limit(1)
                 ).first()
             if job is None:
                 return
@@ -287,9 +321,11 @@ class Scheduler:
         with self.sessions() as session:
             session.execute(update(db.Job).where(db.Job.id == job.id).values(handle=handle))
             session.commit()
-            canceled = session.get(db.Job, job.id).status == db.CANCELING
-        if canceled:  # canceled between the claim and the start
+            stopping = session.get(db.Job, job.id).status
+        if stopping == db.CANCELING:  # canceled between the claim and the start
             self.executor.cancel(handle, self.settings.cancel_grace)
+        elif stopping == db.PAUSING:
+            self.executor.cancel(handle, self.settings.pause_grace)
         log.info(
             "job %s (%s) started: process %s, %s", job.id, job.action, handle, f"GPU {gpu}" if gpu else "CPU"
         )
@@ -297,16 +333,21 @@ class Scheduler:
 
     def _finish(self, job: db.Job, exit_code: int | None) -> None:
         """Record how a job whose process ended ends: Canceled when a cancel was asked for (read
-        afresh: it may have come after this round read the job), else Done or Error."""
+        afresh: it may have come after this round read the job), Paused when a pause was (unless it
+        finished first), else Done or Error."""
         job_dir = Path(job.job_dir)
         for _ in range(2):  # a second time when a cancel came between the read and the write
             with self.sessions() as session:
                 current = session.get(db.Job, job.id)
                 if current is None or current.status not in db.ACTIVE:
                     return
+                ok = exit_code == 0 or (exit_code is None and finished_ok(job_dir, job.action, job.specs))
                 if current.status == db.CANCELING:
                     status, message, expected = db.CANCELED, "canceled by the user", (db.CANCELING,)
-                elif exit_code == 0 or (exit_code is None and finished_ok(job_dir, job.action, job.specs)):
+                elif current.status == db.PAUSING and not ok:
+                    status, expected = db.PAUSED, (db.PAUSING,)
+                    message = paused_message(job_dir, job.action, job.specs)
+                elif ok:
                     status, expected = db.DONE, (current.status,)
                     message = last_status_message(job_dir, job.action, job.specs)
                 else:

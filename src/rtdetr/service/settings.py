@@ -61,6 +61,7 @@ class Settings:
     max_jobs: jobs running at once; None: one per GPU, or 1 on the CPU.
     poll_interval: seconds between two rounds of the scheduler.
     cancel_grace: seconds between SIGTERM and SIGKILL of a canceled job's process group.
+    pause_grace: seconds a paused job has to stop at a step boundary (SIGTERM) before SIGKILL.
     max_upload_bytes: largest dataset archive accepted, compressed and extracted alike.
     command: (action, spec file) -> the command line of a job.
     """
@@ -71,6 +72,7 @@ class Settings:
     max_jobs: int | None = None
     poll_interval: float = 1.0
     cancel_grace: float = 2.0
+    pause_grace: float = 60.0
     max_upload_bytes: int = 20 * 1024**3
     command: Callable[[str, Path], list[str]] = default_command
     token: str | None = field(default=None, repr=False)

@@ -180,6 +180,11 @@ def best_checkpoint(results: Path) -> Path | None:
         path = results / f"model_epoch_{epoch:03d}.pth"
         if path.is_file():
             return Path(os.path.realpath(path))
+    return latest_checkpoint(results)
+
+
+def latest_checkpoint(results: Path) -> Path | None:
+    """The train task's latest checkpoint in ``results`` (its link, else the highest epoch)."""
     if (results / LATEST).is_file():
         return Path(os.path.realpath(results / LATEST))
     found = sorted(results.glob("model_epoch_[0-9][0-9][0-9]*.pth"))
