@@ -170,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--db", metavar="URL", help="a SQLAlchemy database URL (default: SQLite in the data folder)"
     )
     _common_flags(p, suppress=True)
+
+    p = sub.add_parser(
+        "client", add_help=False, prefix_chars="\0",
+        help="datasets, experiments and jobs on a job server, with the remote client's commands",
+    )  # fmt: skip
+    p.add_argument("client_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -316,6 +322,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_client(args: argparse.Namespace) -> int:
+    try:
+        from rtdetr.service.client import run
+    except ImportError as exc:  # httpx
+        raise UserError(f'client needs the service extra: pip install "rtdetr[service]" ({exc})') from exc
+
+    args.debug = args.debug or "--debug" in args.client_args
+    run(args.client_args)
+    return 0
+
+
 def cmd_task(args: argparse.Namespace) -> int:
 
     try:
@@ -362,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quickstart": cmd_quickstart,
         "sample-data": cmd_sample_data,
         "serve": cmd_serve,
+        "client": cmd_client,
     }
     handler = handlers.get(args.command, cmd_task)
 

@@ -3,9 +3,6 @@ of coloured squares, and jobs run by tests/service/fake_job.py unless a test run
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -14,10 +11,8 @@ pytest.importorskip("fastapi")
 pytest.importorskip("sqlalchemy")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from service_helpers import Server, make_settings  # noqa: E402  (tests/service/service_helpers.py)
-from sqlalchemy import select  # noqa: E402
+from service_helpers import Server, kill_active_jobs, make_settings  # noqa: E402  (tests/service/service_helpers.py)
 
-from rtdetr.service import db  # noqa: E402
 from rtdetr.service.app import create_app  # noqa: E402
 from synthetic import make_dataset  # noqa: E402  (tests/synthetic.py)
 
@@ -49,12 +44,3 @@ def server(data_dir):
     with TestClient(app, headers={"Authorization": f"Bearer {settings.token}"}) as client:
         yield Server(client, settings)
     kill_active_jobs(app)
-
-
-def kill_active_jobs(app) -> None:
-    """End the process groups of the jobs a test left running (the server leaves them running)."""
-    with app.state.sessions() as session:
-        for job in session.scalars(select(db.Job).where(db.Job.status.in_(db.ACTIVE))):
-            if job.handle:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(int(job.handle), signal.SIGKILL)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import uvicorn
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
+from rtdetr.service import db
+from rtdetr.service.app import create_app
 from rtdetr.service.settings import Settings
 
 FAKE_JOB = Path(__file__).parent / "fake_job.py"
@@ -79,3 +89,37 @@ def make_settings(data_dir: Path, **kwargs) -> Settings:
         "command": fake_command("ok"),
     }
     return Settings(data_dir=data_dir, **{**options, **kwargs})
+
+
+@contextlib.contextmanager
+def live_server(settings: Settings, executor=None) -> Iterator[str]:
+    """The app under uvicorn on 127.0.0.1 (a free port) in a thread; yields its address. On the way
+    out the server stops and the jobs it left running are killed."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = create_app(settings, executor)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start within 20 s"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+        kill_active_jobs(app)
+        assert not thread.is_alive(), "the server did not stop within 15 s"
+
+
+def kill_active_jobs(app) -> None:
+    """End the process groups of the jobs a test left running (the server leaves them running)."""
+    with app.state.sessions() as session:
+        for job in session.scalars(select(db.Job).where(db.Job.status.in_(db.ACTIVE))):
+            if job.handle and job.handle.isdigit():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(int(job.handle), signal.SIGKILL)

@@ -33,6 +33,11 @@ def test_pause_then_resume_ends_with_the_epochs_of_an_uninterrupted_job(server):
     stopped_at = info["epoch"]
     assert stopped_at < 4 and info["exit_code"] == 143
     assert info["message"] == f"paused; resume goes on from model_epoch_{stopped_at:03d}.pth"
+    r = server.post(
+        f"/experiments/{experiment}/jobs/{job}:resume", json={"specs": {"train": {"num_epochs": 0}}}
+    )
+    assert r.status_code == 422 and "train.num_epochs" in r.text  # a changed spec is validated
+    assert server.job(experiment, job)["status"] == "Paused"
     _act(server, experiment, job, "resume", expected=200)
     info = server.wait(experiment, job, "Done", timeout=10)
     assert _epochs(server, experiment, job) == _epochs(server, experiment, whole) == [0, 1, 2, 3, 4]
