@@ -65,13 +65,20 @@ def test_the_remote_client_commands_from_login_to_download(live, capsys, tmp_pat
     specs = json.loads(
         ok(capsys, "get-spec", "--action", "train", "--job_type", "experiment", "--id", experiment)
     )
-    assert specs == reference.default_spec()
-    job = ok(capsys, "experiment-run-action", "--action", "train", "--id", experiment, "--specs", "{}")
+    default = reference.default_spec()
+    assert specs["dataset"].pop("num_classes") is None  # from the experiment's datasets
+    assert default["dataset"].pop("num_classes") == 80 and specs == default
+    specs["dataset"]["num_classes"] = None
+    job = ok(
+        capsys, "experiment-run-action", "--action", "train", "--id", experiment, "--specs", json.dumps(specs)
+    )
     status = ok(capsys, "get-action-status", "--job_type", "experiment", "--id", experiment, "--job", job,
                 "--wait", "--interval", "0.1", "--timeout", "20")  # fmt: skip
     assert status.startswith("Done") and "epoch 3/3" in status and "mAP50 0.6000" in status
     info = json.loads(ok(capsys, "--json", "get-action-status", "--id", experiment, "--job", job))
     assert info["status"] == "Done" and info["kpi"]["val_mAP50"] == 0.6
+    assert info["specs"]["dataset"]["num_classes"] == 3  # get-spec's default spec, filled in by the server
+    assert info["specs"]["dataset"]["train_data_sources"][0]["json_file"].endswith("train.json")
     assert job in ok(capsys, "list-jobs", "--id", experiment)
     assert "fake train (train) started" in ok(
         capsys, "job-logs", "--id", experiment, "--job", job, "--follow"

@@ -79,8 +79,11 @@ def test_retry_runs_a_failed_job_again_and_a_paused_job_can_be_canceled(server):
     info = server.wait(experiment, job, "Done")
     assert info["message"] == "export finished successfully." and info["exit_code"] == 0
     _act(server, experiment, job, "retry", 409)  # Done: nothing to retry
+    server.settings.command = fake_command("sleep")
     held = server.submit(experiment, "train")
+    server.wait(experiment, held, "Running")
     _act(server, experiment, held, "pause")
+    server.wait(experiment, held, "Paused", timeout=5)
     assert _act(server, experiment, held, "cancel")["status"] == "Canceled"
 
 

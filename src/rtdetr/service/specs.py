@@ -110,6 +110,26 @@ def is_unset(value: Any) -> bool:
     return value is None or value == "" or value == MISSING_VALUE or value == [] or value == [""]
 
 
+def unset_sources(value: Any) -> bool:
+    """Whether a train_data_sources value names no data: unset, or only sources with empty paths
+    (as in the default spec that `get-spec` returns)."""
+    if is_unset(value):
+        return True
+    return isinstance(value, list) and all(
+        isinstance(s, Mapping) and all(is_unset(v) for v in s.values()) for s in value
+    )
+
+
+def service_default_spec() -> dict:
+    """The default spec as the service hands it out (`get-spec`): ``dataset.num_classes`` is left
+    null, so that a job run with it takes the count from the experiment's datasets."""
+    from rtdetr.config import reference
+
+    spec = reference.default_spec()
+    spec["dataset"]["num_classes"] = None
+    return spec
+
+
 def _get(spec: Mapping, dotted: str) -> Any:
     node: Any = spec
     for key in dotted.split("."):
@@ -239,7 +259,7 @@ def fill_spec(
 
     train, val = datasets.get("train") or [], datasets.get("val") or []
     test = datasets.get("test") or val
-    if train and is_unset(_get(spec, "dataset.train_data_sources")):
+    if train and unset_sources(_get(spec, "dataset.train_data_sources")):
         _set(spec, "dataset.train_data_sources", [dict(d) for d in train])
     if val:
         _fill(spec, "dataset.val_data_sources.image_dir", val[0]["image_dir"])
