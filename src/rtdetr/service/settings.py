@@ -28,6 +28,7 @@ SERVICE_DIR = ".service"
 TOKEN_FILE = "token"
 DB_FILE = "service.db"
 TOKEN_ENV = "RTDETR_SERVICE_TOKEN"
+EXECUTORS = ("local", "slurm", "submitit-local")
 
 
 def default_command(action: str, spec: Path) -> list[str]:
@@ -64,6 +65,14 @@ class Settings:
     pause_grace: seconds a paused job has to stop at a step boundary (SIGTERM) before SIGKILL.
     max_upload_bytes: largest dataset archive accepted, compressed and extracted alike.
     command: (action, spec file) -> the command line of a job.
+    executor: where jobs run: "local" (processes of this machine), "slurm" (a Slurm cluster through
+        submitit; the server runs where sbatch does) or "submitit-local" (the Slurm executor's path
+        on this machine, with submitit's local executor: a way to try it without a cluster).
+    slurm_partition: the partition jobs are submitted to; None: the cluster's default.
+    slurm_nodes: nodes per job; a train spec's train.num_nodes must be the same.
+    slurm_gpus_per_node: GPUs per node, one task (one DDP rank) each; 0: one task on the CPU.
+    slurm_time_min: a job's time limit in minutes.
+    slurm_extra: more sbatch parameters, {name: value} (e.g. {"account": "vision", "cpus-per-task": 8}).
     """
 
     data_dir: Path
@@ -75,12 +84,28 @@ class Settings:
     pause_grace: float = 60.0
     max_upload_bytes: int = 20 * 1024**3
     command: Callable[[str, Path], list[str]] = default_command
+    executor: str = "local"
+    slurm_partition: str | None = None
+    slurm_nodes: int = 1
+    slurm_gpus_per_node: int = 0
+    slurm_time_min: int = 60 * 24
+    slurm_extra: dict = field(default_factory=dict)
     token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser().resolve()
-        if self.gpus is None:
-            self.gpus = visible_gpus()
+        if self.executor not in EXECUTORS:
+            raise UserError(f"executor: '{self.executor}' is not one of {', '.join(EXECUTORS)}")
+        for name, value, least in (
+            ("slurm_nodes", self.slurm_nodes, 1),
+            ("slurm_gpus_per_node", self.slurm_gpus_per_node, 0),
+            ("slurm_time_min", self.slurm_time_min, 1),
+        ):
+            if value < least:
+                raise UserError(f"{name} must be at least {least}, got {value}")
+        self.slurm_extra = dict(self.slurm_extra)
+        if self.gpus is None:  # a Slurm job's GPUs are Slurm's to give, not this machine's
+            self.gpus = [] if self.executor == "slurm" else visible_gpus()
         self.gpus = list(self.gpus)
         if self.max_jobs is None:
             self.max_jobs = max(1, len(self.gpus))
