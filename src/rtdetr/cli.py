@@ -169,6 +169,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--db", metavar="URL", help="a SQLAlchemy database URL (default: SQLite in the data folder)"
     )
+    p.add_argument(
+        "--max-jobs", type=int, metavar="N",
+        help="jobs running at once (default: one per GPU of this machine, or 1; with --executor slurm, 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--executor", choices=["local", "slurm", "submitit-local"], default="local",
+        help="where jobs run: processes of this machine (default), a Slurm cluster through submitit, or "
+        "submitit's local executor (the Slurm path on this machine, to try it without a cluster)",
+    )  # fmt: skip
+    p.add_argument("--slurm-partition", metavar="NAME", help="the Slurm partition (default: the cluster's)")
+    p.add_argument("--slurm-nodes", type=int, default=1, metavar="N", help="nodes per job (default 1)")
+    p.add_argument(
+        "--slurm-gpus-per-node", type=int, default=0, metavar="N",
+        help="GPUs per node, one task (one DDP rank) each (default 0: one task on the CPU)",
+    )  # fmt: skip
+    p.add_argument(
+        "--slurm-time", type=int, default=60 * 24, metavar="MINUTES", help="a job's time limit (default 1440)"
+    )
+    p.add_argument(
+        "--slurm-extra", action="append", default=[], metavar="KEY=VALUE",
+        help="another sbatch parameter, e.g. account=vision or cpus-per-task=8 (repeatable)",
+    )  # fmt: skip
     _common_flags(p, suppress=True)
 
     p = sub.add_parser(
@@ -318,7 +340,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port}: give a port from 1 to 65535")
-    serve(Settings(data_dir=args.data_dir, db_url=args.db), host=args.host, port=args.port)
+    extra = {}
+    for item in args.slurm_extra:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--slurm-extra {item}: give KEY=VALUE, e.g. account=vision")
+        extra[key] = value
+    settings = Settings(
+        data_dir=args.data_dir, db_url=args.db, executor=args.executor, slurm_partition=args.slurm_partition,
+        slurm_nodes=args.slurm_nodes, slurm_gpus_per_node=args.slurm_gpus_per_node,
+        slurm_time_min=args.slurm_time, slurm_extra=extra, max_jobs=args.max_jobs,
+    )  # fmt: skip
+    serve(settings, host=args.host, port=args.port)
     return 0
 
 

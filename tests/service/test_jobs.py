@@ -235,7 +235,7 @@ def test_a_restarted_server_follows_live_jobs_and_marks_dead_ones(data_dir):
     with TestClient(app, headers={"Authorization": f"Bearer {settings.token}"}) as client:
         second = Server(client, settings)
         info = second.wait(experiment, dead, "Error", timeout=5)
-        assert "while the server was down" in info["message"] and "Starting train." in info["message"]
+        assert "out of the server's sight" in info["message"] and "Starting train." in info["message"]
         assert second.job(experiment, live)["status"] in ("Running", "Done")
         info = second.wait(experiment, live, "Done", timeout=10)
         assert info["exit_code"] is None and info["status_message"] == "train finished successfully."

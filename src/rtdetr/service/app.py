@@ -1,7 +1,8 @@
 """The REST API of the job server (FastAPI) and ``serve``, which runs it with uvicorn.
 
 Routes, under ``/api/v1/orgs/{org}/`` (every one needs ``Authorization: Bearer <token>``; only
-``/api/v1/health`` and the OpenAPI pages ``/docs`` and ``/openapi.json`` answer without it):
+``/api/v1/health``, the OpenAPI pages ``/docs`` and ``/openapi.json``, and the web page's files at
+``/`` and ``/web/`` answer without it):
 
 - ``datasets`` (POST a COCO folder under the data folder), ``datasets:upload`` (POST a tar archive),
   ``datasets`` (GET list), ``datasets/{id}`` (GET, DELETE)
@@ -9,7 +10,9 @@ Routes, under ``/api/v1/orgs/{org}/`` (every one needs ``Authorization: Bearer <
 - ``experiments/{id}/specs/{action}/schema``: the default spec, the JSON Schema, the AutoML fields
 - ``experiments/{id}/jobs`` (POST ``{action, specs, parent_job_id, name}``, GET list),
   ``jobs/{job}`` (GET: status, epoch, ETA, KPIs), ``jobs/{job}:cancel`` (POST),
-  ``jobs/{job}/logs?tail=N``, ``jobs/{job}:list_files``, ``jobs/{job}:download[?file=PATH]``
+  ``jobs/{job}:pause``, ``jobs/{job}:resume``, ``jobs/{job}:retry`` (POST),
+  ``jobs/{job}/logs?tail=N[&follow=true]``, ``jobs/{job}/metrics``, ``jobs/{job}:list_files``,
+  ``jobs/{job}:download[?file=PATH]``
 
 Errors are JSON ``{"detail": ...}``; a refused spec or dataset is a 422 whose detail lists every
 problem, one line each.
@@ -33,7 +36,7 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Quer
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
-from sqlalchemy import make_url, select
+from sqlalchemy import make_url, select, update
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
@@ -46,9 +49,11 @@ from rtdetr.config.rules import TASKS
 from rtdetr.errors import SpecError, UserError, abbreviate
 from rtdetr.service import db
 from rtdetr.service.datasets import dataset_root, extract_archive, find_pair, inside, summarize
-from rtdetr.service.executor import LOG_FILE, SPEC_FILE, Executor, LocalExecutor, Scheduler, follow_file
+from rtdetr.service.executor import LOG_FILE, SPEC_FILE, Executor, Scheduler, follow_file
 from rtdetr.service.settings import Settings
-from rtdetr.service.specs import build_job_spec, parent_model, task_dir
+from rtdetr.service.slurm import make_executor
+from rtdetr.service.specs import build_job_spec, parent_model, service_default_spec, task_dir
+from rtdetr.service.web import mount_web
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +86,10 @@ class ExperimentUpdate(BaseModel):
     eval_dataset: str | None = None
     test_dataset: str | None = None
     base_spec: dict[str, Any] | None = None
+
+
+class JobResume(BaseModel):
+    specs: dict[str, Any] = Field({}, description="changes to the job's spec, validated as a new job's")
 
 
 class JobCreate(BaseModel):
@@ -226,7 +235,7 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
     settings.prepare()
     engine = db.make_engine(settings.database_url())
     sessions = db.make_sessions(engine)
-    executor = executor or LocalExecutor()
+    executor = executor or make_executor(settings)
     scheduler = Scheduler(settings, sessions, executor)
     request_sessions = sessions
 
@@ -429,7 +438,7 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
         if action not in TASKS:
             raise HTTPException(404, f"no action '{abbreviate(action)}'; the actions: {', '.join(TASKS)}")
         return {
-            "default": spec_reference.default_spec(),
+            "default": service_default_spec(),
             **spec_reference.json_schema(),
             "automl_default_parameters": spec_reference.automl_fields(),
         }
@@ -502,13 +511,13 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
         ):
             session.refresh(job)
             return job_out(job)
-        if db.set_status(session, job.id, db.CANCELING, (db.RUNNING, db.PAUSING)):
-            session.refresh(job)
+        asked = db.set_status(session, job.id, db.CANCELING, (db.RUNNING, db.PAUSING))
+        session.refresh(job)
+        if asked:
             if job.handle:
                 executor.cancel(job.handle, settings.cancel_grace)
             scheduler.wake()
-        session.refresh(job)
-        if job.status != db.CANCELING:
+        elif job.status != db.CANCELING:
             raise HTTPException(
                 409, f"job {job.id} is {job.status}; only a queued, running or paused job can be canceled"
             )
@@ -526,13 +535,13 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
         if db.set_status(session, job.id, db.PAUSED, db.QUEUED, message="paused while queued"):
             session.refresh(job)
             return job_out(job)
-        if db.set_status(session, job.id, db.PAUSING, (db.RUNNING,)):
-            session.refresh(job)
+        asked = db.set_status(session, job.id, db.PAUSING, (db.RUNNING,))
+        session.refresh(job)
+        if asked:
             if job.handle:
                 executor.cancel(job.handle, settings.pause_grace)
             scheduler.wake()
-        session.refresh(job)
-        if job.status not in (db.PAUSING, db.PAUSED):
+        elif job.status != db.PAUSING:
             raise HTTPException(
                 409, f"job {job.id} is {job.status}; only a queued or running job can be paused"
             )
@@ -553,11 +562,19 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
         return job_out(job)
 
     @api.post("/experiments/{experiment_id}/jobs/{job_id}:resume", tags=["jobs"])
-    def resume_job(org: str, experiment_id: str, job_id: str, session: SessionDep) -> dict:
-        """Queue a paused job again; it goes on from its latest checkpoint."""
-        return _requeue(
-            session, _job(session, org, experiment_id, job_id), db.RESUMING, (db.PAUSED,), "resumed"
-        )
+    def resume_job(
+        org: str, experiment_id: str, job_id: str, session: SessionDep, body: JobResume | None = None
+    ) -> dict:
+        """Queue a paused job again; it goes on from its latest checkpoint. ``specs`` may change its
+        spec (e.g. more epochs), validated as a new job's is."""
+        job = _job(session, org, experiment_id, job_id)
+        if body is not None and body.specs and job.status == db.PAUSED:
+            job_dir = Path(job.job_dir)
+            spec = build_job_spec(job.action, body.specs, job.specs, settings.data_dir, job_dir, {})
+            atomic_write_text(job_dir / SPEC_FILE, dump_yaml(spec))
+            session.execute(update(db.Job).where(db.Job.id == job.id).values(specs=spec))
+            session.commit()
+        return _requeue(session, job, db.RESUMING, (db.PAUSED,), "resumed")
 
     @api.post("/experiments/{experiment_id}/jobs/{job_id}:retry", tags=["jobs"])
     def retry_job(org: str, experiment_id: str, job_id: str, session: SessionDep) -> dict:
@@ -653,6 +670,7 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
         KPIs from status.json, and the spec it runs with."""
         return job_out(_job(session, org, experiment_id, job_id), detail=True)
 
+    mount_web(app)
     app.include_router(api)
     return app
 
@@ -664,4 +682,5 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None
     print(f"rtdetr service: data in {settings.data_dir}, database {shown}")
     print(f"bearer token in {settings.token_file} (send 'Authorization: Bearer <token>')")
     print(f"API on http://{host}:{port}/api/v1, docs on http://{host}:{port}/docs")
+    print(f"web page on http://{host}:{port}/?org=<org>#token=<token>")
     uvicorn.run(app, host=host, port=port, log_level="info")

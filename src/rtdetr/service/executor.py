@@ -354,7 +354,7 @@ class Scheduler:
                     status, expected = db.ERROR, (current.status,)
                     message = last_status_message(job_dir, job.action, job.specs) or "the job's process ended"
                     if exit_code is None:
-                        message = f"the job's process ended while the server was down; last status: {message}"
+                        message = f"the job ended out of the server's sight (it was down, or a cluster stopped the job); last status: {message}"
                 if db.set_status(session, job.id, status, expected, exit_code=exit_code, message=message):
                     log.info("job %s (%s): %s", job.id, job.action, status)
                     return
