@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from rtdetr.config import reference
 from rtdetr.errors import SpecError
 from rtdetr.service.specs import best_checkpoint, build_job_spec, deep_merge, path_problems
 
@@ -84,3 +85,35 @@ def test_build_job_spec_lists_the_loaders_problems_and_the_paths_together(tmp_pa
     assert any(p.startswith("evaluate.conf_threshold:") for p in problems)
     assert any(p.startswith("evaluate.checkpoint:") and "outside the data folder" in p for p in problems)
     assert any(p.startswith("dataset.test_data_sources") for p in problems)  # required by evaluate
+
+
+def test_a_child_builds_its_train_parents_model_unless_its_spec_names_another(tmp_path):
+    data, job = tmp_path / "data", tmp_path / "data" / "jobs" / "j2"
+    checkpoint = data / "jobs" / "j1" / "train" / "model_epoch_000.pth"
+    parent = {
+        "checkpoint": str(checkpoint),
+        "model": {"backbone": "resnet_18", "num_queries": 100, "num_select": 100},
+    }
+    default = reference.default_spec()
+
+    sources = {role: [{"image_dir": "i", "json_file": f"{role}.json"}] for role in ("train", "val")}
+
+    def built(action: str, specs: dict) -> dict:
+        return build_job_spec(action, specs, {}, data, job, sources, 3, parent)
+
+    for specs in ({}, {"model": default["model"]}):  # nothing, or get-spec's default model
+        spec = built("evaluate", specs)
+        assert spec["model"]["backbone"] == "resnet_18" and spec["model"]["num_queries"] == 100
+        assert spec["evaluate"]["checkpoint"] == str(checkpoint)
+    spec = built("evaluate", {"model": {"backbone": "resnet_34"}})  # named: kept
+    assert (
+        spec["model"]["backbone"] == "resnet_34"
+        and spec["model"]["num_queries"] == default["model"]["num_queries"]
+    )
+    bindings = [{"teacher_module_name": "srcs", "student_module_name": "srcs", "criterion": "L2"}]
+    spec = built("distill", {"distill": {"bindings": bindings}})
+    assert (
+        spec["distill"]["teacher"]["backbone"] == "resnet_18"
+        and spec["distill"]["teacher"]["num_queries"] == 100
+    )
+    assert spec["distill"]["pretrained_teacher_model_path"] == str(checkpoint)

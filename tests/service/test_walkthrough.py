@@ -105,12 +105,14 @@ def test_the_remote_client_walkthrough_runs_the_toolkit_end_to_end(tmp_path, mon
         assert info["epoch"] == 0 and info["max_epoch"] == 1 and 0.0 <= info["kpi"]["val_mAP50"] <= 1.0
         assert info["specs"]["dataset"]["num_classes"] == 4  # BCCD's 3 classes and the background
 
+        specs = client("get-spec", "--action", "evaluate", "--id", experiment)  # run as it is
         evaluate = client("experiment-run-action", "--action", "evaluate", "--id", experiment,
-                          "--parent_job_id", train, "--specs", json.dumps({"model": TINY_MODEL}))  # fmt: skip
+                          "--parent_job_id", train, "--specs", specs)  # fmt: skip
         info = wait(evaluate)
         assert info["status"] == "Done", client("job-logs", "--id", experiment, "--job", evaluate)
         best = best_checkpoint(data / "jobs" / train / "train")
         assert info["specs"]["evaluate"]["checkpoint"] == str(best)
+        assert info["specs"]["model"]["hidden_dim"] == 32  # the parent's model section
         assert info["specs"]["dataset"]["test_data_sources"]["json_file"].endswith("instances_test.json")
         assert 0.0 <= info["kpi"]["test_mAP"] <= 1.0
 
@@ -138,5 +140,7 @@ def test_the_remote_client_walkthrough_runs_the_toolkit_end_to_end(tmp_path, mon
             ("train", None, "Done"), ("evaluate", train, "Done"), ("export", train, "Done"),
             ("inference", export, "Done"),
         ]  # fmt: skip
+        for j in jobs:
+            print("TIMING", j["action"], j["created_at"], j["started_at"], j["finished_at"])
         curves = api.get(f"/experiments/{experiment}/jobs/{train}/metrics").json()
         assert [row["epoch"] for row in curves] == [0] and "train_loss" in curves[0]

@@ -10,8 +10,9 @@ Filled in by the service:
   the train datasets.
 - A child job (``parent_job_id``) takes its parent's model: the checkpoint of the epoch with the best
   ``val_mAP50`` (or the latest checkpoint) of a train or distill parent, as the pretrained model of
-  train, the teacher of distill, the checkpoint of evaluate, inference and export; the ONNX file of an
-  export or quantize parent for gen_trt_engine, quantize, evaluate and inference.
+  train, the teacher of distill, the checkpoint of evaluate, inference and export, with the parent's
+  ``model`` section (distill: as ``distill.teacher``) unless the spec names another than the default;
+  the ONNX file of an export or quantize parent for gen_trt_engine, quantize, evaluate and inference.
 - Output files (``export.onnx_file``, ``quantize.output_file``, ``gen_trt_engine.trt_engine``) go
   into the job's folder.
 
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rtdetr.common.status import read_status
-from rtdetr.config import load_spec, spec_to_dict
+from rtdetr.config import load_spec, reference, spec_to_dict
 from rtdetr.config.fields import MISSING_VALUE
 from rtdetr.config.rules import TASKS
 from rtdetr.errors import SpecError, abbreviate
@@ -123,8 +124,6 @@ def unset_sources(value: Any) -> bool:
 def service_default_spec() -> dict:
     """The default spec as the service hands it out (`get-spec`): ``dataset.num_classes`` is left
     null, so that a job run with it takes the count from the experiment's datasets."""
-    from rtdetr.config import reference
-
     spec = reference.default_spec()
     spec["dataset"]["num_classes"] = None
     return spec
@@ -212,17 +211,20 @@ def latest_checkpoint(results: Path) -> Path | None:
     return max(found, key=lambda p: int(p.stem.removeprefix("model_epoch_")), default=None)
 
 
-def parent_model(action: str, specs: Mapping, job_dir: str) -> dict[str, str]:
-    """What a finished job hands its children: ``checkpoint``, ``onnx`` and/or ``engine`` paths."""
-    out: dict[str, str] = {}
+def parent_model(action: str, specs: Mapping, job_dir: str) -> dict[str, Any]:
+    """What a finished job hands its children: ``checkpoint``, ``onnx`` and/or ``engine`` paths, and
+    the ``model`` section a train or distill job trained."""
+    out: dict[str, Any] = {}
 
     def put(key: str, value: Any) -> None:
         if isinstance(value, str) and not is_unset(value):
             out[key] = value
 
+    section = None
     if action in ("train", "distill"):
         best = best_checkpoint(task_dir(job_dir, action, specs))
         put("checkpoint", str(best) if best else None)
+        section = _get(specs, "model")
     elif action == "export":
         put("checkpoint", _get(specs, "export.checkpoint"))
         put("onnx", _get(specs, "export.onnx_file"))
@@ -235,7 +237,21 @@ def parent_model(action: str, specs: Mapping, job_dir: str) -> dict[str, str]:
         put("checkpoint", _get(specs, f"{action}.checkpoint"))
         engine = _get(specs, f"{action}.trt_engine")
         put("engine" if str(engine).endswith(".engine") else "onnx", engine)
-    return {k: v for k, v in out.items() if os.path.exists(v)}
+    out = {k: v for k, v in out.items() if os.path.exists(v)}
+    if isinstance(section, Mapping) and "checkpoint" in out:
+        out["model"] = copy.deepcopy(dict(section))
+    return out
+
+
+def _take_model(spec: dict, action: str, model: Mapping | None) -> None:
+    """A child of a train or distill job builds the parent's model (distill: as its teacher), unless
+    its spec names another than the default one."""
+    if not model or action not in ("train", "evaluate", "inference", "export", "distill"):
+        return
+    target = "distill.teacher" if action == "distill" else "model"
+    given = _get(spec, target)
+    if given in (None, {}) or given == _get(reference.default_spec(), target):
+        _set(spec, target, copy.deepcopy(dict(model)))
 
 
 # ------------------------------------------------------------------------------------- filling
@@ -282,6 +298,7 @@ def fill_spec(
             _fill(spec, "quantize.cal_image_dir", calibration)
         return problems
     checkpoint, onnx, engine = parent.get("checkpoint"), parent.get("onnx"), parent.get("engine")
+    _take_model(spec, action, parent.get("model"))
     needs = {
         "train": ("train.pretrained_model_path", checkpoint, "a checkpoint"),
         "distill": ("distill.pretrained_teacher_model_path", checkpoint, "a checkpoint"),
