@@ -41,6 +41,7 @@ def ok(capsys, *args: str) -> str:
 
 def test_the_remote_client_commands_from_login_to_download(live, capsys, tmp_path, monkeypatch):
     url, settings = live
+    assert settings.token.startswith("rtd_")  # a token never reads as a flag
     code, _, err = client(capsys, "--server", url, "--token", "wrong", "login")
     assert code == 2 and "server (401)" in err and "rtdetr client login --token" in err
     out = ok(capsys, "login", "--server", url, "--token", settings.token, "--org", "team")

@@ -116,9 +116,9 @@ def test_the_remote_client_walkthrough_runs_the_toolkit_end_to_end(tmp_path, mon
         assert info["specs"]["dataset"]["test_data_sources"]["json_file"].endswith("instances_test.json")
         assert 0.0 <= info["kpi"]["test_mAP"] <= 1.0
 
-        export = client(
-            "experiment-run-action", "--action", "export", "--id", experiment, "--parent_job_id", train
-        )
+        size = json.dumps({"export": {"input_width": 64, "input_height": 64}})  # the default is 960x544
+        export = client("experiment-run-action", "--action", "export", "--id", experiment, "--parent_job_id", train,
+                        "--specs", size)  # fmt: skip
         info = wait(export)
         assert info["status"] == "Done", client("job-logs", "--id", experiment, "--job", export)
         onnx = info["specs"]["export"]["onnx_file"]
@@ -140,7 +140,5 @@ def test_the_remote_client_walkthrough_runs_the_toolkit_end_to_end(tmp_path, mon
             ("train", None, "Done"), ("evaluate", train, "Done"), ("export", train, "Done"),
             ("inference", export, "Done"),
         ]  # fmt: skip
-        for j in jobs:
-            print("TIMING", j["action"], j["created_at"], j["started_at"], j["finished_at"])
         curves = api.get(f"/experiments/{experiment}/jobs/{train}/metrics").json()
         assert [row["epoch"] for row in curves] == [0] and "train_loss" in curves[0]

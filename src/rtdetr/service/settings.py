@@ -149,7 +149,7 @@ class Settings:
 def read_or_create_token(path: Path) -> str:
     """The token in ``path``; a new random one written there (mode 0600) when the file is absent."""
     if not path.exists():
-        token = secrets.token_urlsafe(32)
+        token = "rtd_" + secrets.token_urlsafe(32)  # never starts with "-", which reads as a flag
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:  # another server created it first
