@@ -132,6 +132,12 @@ def runs_per_job(data: Path, ids: list[str]) -> dict[str, int]:
     return out
 
 
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("fastapi", "uvicorn", "sqlalchemy", "httpx")}
+
+
 def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import machine, write_report
@@ -187,7 +193,7 @@ def main() -> int:
         f"{lat['median']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} | {lat['max']:.1f} | "
         f"{result['seconds_until_all_ended']:.1f} s |"
     )
-    report = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "done": done,
+    report = {"machine": machine("n/a", **versions()), "args": {k: str(v) for k, v in vars(args).items()}, "done": done,
               "ran_once": once, "errors": result["errors"][:20], **{k: result[k] for k in
               ("polls", "polls_per_s", "seconds_until_all_ended", "latency_ms")}}  # fmt: skip
     write_report(args.out, report)
