@@ -23,6 +23,22 @@ from rtdetr.service.settings import Settings
 FAKE_JOB = Path(__file__).parent / "fake_job.py"
 ORG = "/api/v1/orgs/test"
 
+# a model and spec small enough for real runs of the toolkit behind the server (64x64, one epoch)
+TINY_MODEL = {
+    "backbone": "resnet_18vd", "hidden_dim": 32, "feat_channels": [32, 32, 32], "nheads": 2,
+    "dim_feedforward": 64, "dec_dim_feedforward": 64, "dec_layers": 1, "num_queries": 10,
+    "dn_number": 4, "expansion": 0.5, "num_select": 10,
+}  # fmt: skip
+SMALL_SPEC = {
+    "model": TINY_MODEL,
+    "dataset": {
+        "batch_size": 8, "workers": 0, "pin_memory": False,
+        "augmentation": {"train_spatial_size": [64, 64], "eval_spatial_size": [64, 64], "multi_scales": [],
+                         "distortion_prob": 0.0, "iou_crop_prob": 0.0},
+    },
+    "train": {"num_epochs": 1, "activation_checkpoint": False, "seed": 1},
+}  # fmt: skip
+
 
 def fake_command(mode: str):
     """A Settings.command running fake_job.py in ``mode``."""

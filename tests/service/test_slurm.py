@@ -13,7 +13,7 @@ import pytest
 submitit = pytest.importorskip("submitit")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from service_helpers import Server, fake_command, make_settings  # noqa: E402
+from service_helpers import SMALL_SPEC, Server, fake_command, make_settings  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 from submitit.core import utils as submitit_utils  # noqa: E402
 
@@ -267,11 +267,9 @@ def test_settings_name_a_known_executor_and_sane_slurm_resources(tmp_path, monke
 
 @pytest.mark.slow
 def test_the_walkthroughs_train_job_runs_through_submitit(slurm_server):
-    from test_real_jobs import BASE_SPEC  # tests/service/test_real_jobs.py
-
     server = slurm_server
     server.settings.command = default_command
-    experiment = server.experiment(base_spec=BASE_SPEC)
+    experiment = server.experiment(base_spec=SMALL_SPEC)
     job = server.submit(experiment, "train")
     info = server.wait(experiment, job, ("Done", "Error"), timeout=180)
     assert info["status"] == "Done", server.get(f"/experiments/{experiment}/jobs/{job}/logs").text

@@ -9,26 +9,11 @@ import json
 
 import httpx
 import pytest
-from service_helpers import live_server, make_settings
+from service_helpers import SMALL_SPEC, live_server, make_settings
 
 from rtdetr.cli import main
 from rtdetr.service.settings import default_command
 from rtdetr.service.specs import best_checkpoint
-
-TINY_MODEL = {
-    "backbone": "resnet_18vd", "hidden_dim": 32, "feat_channels": [32, 32, 32], "nheads": 2,
-    "dim_feedforward": 64, "dec_dim_feedforward": 64, "dec_layers": 1, "num_queries": 10,
-    "dn_number": 4, "expansion": 0.5, "num_select": 10,
-}  # fmt: skip
-SMALL = {
-    "model": TINY_MODEL,
-    "dataset": {
-        "batch_size": 8, "workers": 0, "pin_memory": False,
-        "augmentation": {"train_spatial_size": [64, 64], "eval_spatial_size": [64, 64], "multi_scales": [],
-                         "distortion_prob": 0.0, "iou_crop_prob": 0.0},
-    },
-    "train": {"num_epochs": 1, "activation_checkpoint": False, "seed": 1},
-}  # fmt: skip
 
 
 def deep_update(spec: dict, changes: dict) -> dict:
@@ -96,7 +81,7 @@ def test_the_remote_client_walkthrough_runs_the_toolkit_end_to_end(tmp_path, mon
         specs = json.loads(
             client("get-spec", "--action", "train", "--job_type", "experiment", "--id", experiment)
         )
-        specs = deep_update(specs, SMALL)  # as a user edits the default spec before running it
+        specs = deep_update(specs, SMALL_SPEC)  # as a user edits the default spec before running it
         train = client(
             "experiment-run-action", "--action", "train", "--id", experiment, "--specs", json.dumps(specs)
         )

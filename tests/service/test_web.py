@@ -3,20 +3,21 @@ jobs of an experiment with their status, a finished job's loss and mAP curves an
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import socket
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
-from service_helpers import ORG, Server, fake_command, make_settings  # tests/service/service_helpers.py
+from service_helpers import (  # tests/service/service_helpers.py
+    ORG,
+    Server,
+    fake_command,
+    live_server,
+    make_settings,
+)
 
 from rtdetr.service.app import create_app
 
@@ -101,28 +102,6 @@ def dump_dom(url: str, profile) -> Node:
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "<body" in result.stdout, result.stderr[-3000:]
     return parse(result.stdout)
-
-
-@contextlib.contextmanager
-def live_server(settings) -> Iterator[str]:
-    """The app under uvicorn on 127.0.0.1 (a free port) in a thread; yields its address."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start within 20 s"
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
-        assert not thread.is_alive(), "the server did not stop within 15 s"
 
 
 def points(polyline: Node) -> list[tuple[float, float]]:
