@@ -506,22 +506,9 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
         """Cancel a job: a queued or paused one at once; a running one's process group gets SIGTERM,
         then SIGKILL after the grace time, and the job ends Canceled."""
         job = _job(session, org, experiment_id, job_id)
-        if db.set_status(
-            session, job.id, db.CANCELED, (*db.QUEUED, db.PAUSED), message="canceled by the user"
-        ):
-            session.refresh(job)
-            return job_out(job)
-        asked = db.set_status(session, job.id, db.CANCELING, (db.RUNNING, db.PAUSING))
-        session.refresh(job)
-        if asked:
-            if job.handle:
-                executor.cancel(job.handle, settings.cancel_grace)
-            scheduler.wake()
-        elif job.status != db.CANCELING:
-            raise HTTPException(
-                409, f"job {job.id} is {job.status}; only a queued, running or paused job can be canceled"
-            )
-        return job_out(job)
+        at_once = (db.CANCELED, (*db.QUEUED, db.PAUSED), "canceled by the user")
+        return _stop(session, job, at_once, db.CANCELING, (db.RUNNING, db.PAUSING), settings.cancel_grace,
+                     "a queued, running or paused")  # fmt: skip
 
     @api.post("/experiments/{experiment_id}/jobs/{job_id}:pause", tags=["jobs"])
     def pause_job(org: str, experiment_id: str, job_id: str, session: SessionDep) -> dict:
@@ -532,19 +519,26 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
             raise HTTPException(
                 409, f"job {job.id} is a {job.action} job; only {' and '.join(RESUMABLE)} jobs can be paused"
             )
-        if db.set_status(session, job.id, db.PAUSED, db.QUEUED, message="paused while queued"):
+        return _stop(session, job, (db.PAUSED, db.QUEUED, "paused while queued"), db.PAUSING, (db.RUNNING,),
+                     settings.pause_grace, "a queued or running")  # fmt: skip
+
+    def _stop(session: Session, job: db.Job, at_once: tuple, stopping: str, running: tuple[str, ...],
+              grace: float, which: str) -> dict:  # fmt: skip
+        """Cancel or pause: a job in ``at_once[1]`` gets ``at_once[0]`` now (nothing runs); a job in
+        ``running`` becomes ``stopping`` and its process gets SIGTERM, then SIGKILL after ``grace``."""
+        status, waiting, message = at_once
+        if db.set_status(session, job.id, status, waiting, message=message):
             session.refresh(job)
             return job_out(job)
-        asked = db.set_status(session, job.id, db.PAUSING, (db.RUNNING,))
+        asked = db.set_status(session, job.id, stopping, running)
         session.refresh(job)
         if asked:
             if job.handle:
-                executor.cancel(job.handle, settings.pause_grace)
+                executor.cancel(job.handle, grace)
             scheduler.wake()
-        elif job.status != db.PAUSING:
-            raise HTTPException(
-                409, f"job {job.id} is {job.status}; only a queued or running job can be paused"
-            )
+        elif job.status != stopping:
+            verb = "canceled" if stopping == db.CANCELING else "paused"
+            raise HTTPException(409, f"job {job.id} is {job.status}; only {which} job can be {verb}")
         return job_out(job)
 
     def _requeue(session: Session, job: db.Job, status: str, expected: tuple[str, ...], what: str) -> dict:
