@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from rtdetr.common.files import atomic_write, atomic_write_text
 from rtdetr.errors import UserError, abbreviate
 
@@ -62,12 +64,9 @@ class Api:
     """The server's API for one organisation; every failure is a UserError of one line per problem."""
 
     def __init__(self, server: str, token: str | None, org: str):
-        import httpx
-
         self.server, self.org = server.rstrip("/"), org
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.server, headers=headers, timeout=TIMEOUT)
-        self._httpx = httpx
 
     def url(self, path: str) -> str:
         return f"/api/v1/orgs/{self.org}{path}"
@@ -75,7 +74,7 @@ class Api:
     def call(self, method: str, path: str, *, raw: bool = False, **kwargs) -> Any:
         try:
             r = self.http.request(method, self.url(path) if not path.startswith("/api/") else path, **kwargs)
-        except self._httpx.HTTPError as exc:
+        except httpx.HTTPError as exc:
             raise UserError(f"cannot reach the server at {self.server}: {exc}") from exc
         check(r)
         return r if raw else r.json()
@@ -88,7 +87,7 @@ class Api:
                     check(r)
                 for chunk in r.iter_bytes():
                     write(chunk)
-        except self._httpx.HTTPError as exc:
+        except httpx.HTTPError as exc:
             raise UserError(f"cannot reach the server at {self.server}: {exc}") from exc
 
 
