@@ -32,6 +32,7 @@ PAGES = [
     "docs/inference.md",
     "docs/export.md",
     "docs/distill.md",
+    "docs/automl.md",
 ]
 
 # a placeholder: <task>, or an upper-case metavar such as SPEC, TASK, KEY=VALUE, DIR (not a value
@@ -59,6 +60,10 @@ SMALL = {
     "export": [f"export.input_width={SIZE}", f"export.input_height={SIZE}"],
     "quantize": ["quantize.cal_images=8"],
     "quickstart": ["--epochs", "1"],
+    # two trials of one epoch at 128 px
+    "automl": [*SMALL_MODEL, *TRAINING, "dataset.augmentation.train_spatial_size=[128,128]",
+               "dataset.augmentation.eval_spatial_size=[128,128]", "automl.max_trials=2", "automl.max_epochs=1",
+               "automl.max_concurrent=2"],
 }  # fmt: skip
 NO_TENSORRT = "needs TensorRT and a CUDA GPU"
 
@@ -222,6 +227,9 @@ def test_the_documented_commands_run_in_order(cli, clone):
     assert list((results / "inference_onnx" / "labels").glob("*.txt"))
     assert (results / "export" / "rtdetr_bccd_int8.onnx").is_file()
     assert "train_data_sources" in yaml.safe_load((clone / "spec.yaml").read_text())["dataset"]
+    automl = results / "automl"
+    assert len((automl / "trials.csv").read_text().splitlines()) == 3  # a header and two trials
+    assert (automl / "best" / "train" / "model_epoch_000.pth").is_file()  # best_spec.yaml trained
 
 
 @pytest.mark.slow

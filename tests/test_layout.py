@@ -23,7 +23,7 @@ LEVELS = {
     "loss": 5, "cpu": 5,
     "deploy": 6,
     "evaluation": 7, "predict": 7,
-    "engine": 8,
+    "engine": 8, "automl": 8,
     "tasks": 9,
     "service": 10,
     "cli": 11, "": 11,  # "" is the package face, rtdetr/__init__.py

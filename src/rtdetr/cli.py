@@ -38,6 +38,7 @@ TASK_HELP = {
     "distill": "train a student model with a frozen teacher",
     "gen_trt_engine": "build a TensorRT engine from an exported ONNX model",
     "quantize": "quantize an exported ONNX model to INT8 for CPUs (ONNX Runtime)",
+    "automl": "search the automl_enabled fields, each trial a train run (Optuna)",
 }
 
 

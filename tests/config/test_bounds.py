@@ -22,6 +22,7 @@ from rtdetr.errors import SpecError
 BASE = default_spec()
 BASE["distill"]["bindings"] = [{"teacher_module_name": "encoder", "student_module_name": "encoder"}]
 BASE["dataset"]["eval_class_ids"] = [1]
+BASE["automl"]["ranges"] = [{"parameter": "train.optim.lr", "values": [0.001]}]
 
 
 def _numeric_fields(kind: type) -> list[tuple[str, str]]:

@@ -269,7 +269,7 @@ def test_deliberate_differences_are_noted(train_spec_json, schema, path):
 def test_every_top_level_section_present(train_spec_json):
     assert list(train_spec_json) == [
         "encryption_key", "results_dir", "wandb", "model", "dataset", "train", "evaluate",
-        "inference", "export", "gen_trt_engine", "distill", "quantize",
+        "inference", "export", "gen_trt_engine", "distill", "quantize", "automl",
     ]  # fmt: skip
 
 

@@ -7,6 +7,7 @@ usage: fake_job.py MODE ACTION SPEC
   export    writes export.onnx_file, then SUCCESS
   epochs    five epochs of 0.4 s after the ones checkpointed before (a resume); on SIGTERM it stops
             at the next epoch boundary with exit status 143, as the train task does
+  automl    two trial lines (one complete, one pruned), as `rtdetr automl` writes them, then SUCCESS
   fail      STARTED, FAILURE "boom", exit status 1
   sleep     STARTED, starts a child that sleeps too (its pid in child.pid), sleeps 60 s
   stubborn  as sleep, and ignores SIGTERM
@@ -55,6 +56,11 @@ def main() -> int:
             status("RUNNING", f"Train epoch {epoch} finished.", epoch=epoch, max_epoch=5,
                    kpi={"train_loss": 1.0 / (epoch + 1), "val_mAP50": 0.1 * epoch})  # fmt: skip
             print(f"epoch {epoch}", flush=True)
+    elif mode == "automl":
+        status("RUNNING", "Trial 0 complete: val_mAP50 0.4", kpi={"val_mAP50": 0.4}, trial=0,
+               trial_state="COMPLETE", params={"train.optim.lr": 0.001})  # fmt: skip
+        status("RUNNING", "Trial 1 pruned: val_mAP50 0.1", kpi={"val_mAP50": 0.1}, trial=1,
+               trial_state="PRUNED", params={"train.optim.lr": 1e-05})  # fmt: skip
     elif mode == "export":
         Path(spec["export"]["onnx_file"]).parent.mkdir(parents=True, exist_ok=True)
         Path(spec["export"]["onnx_file"]).write_bytes(b"onnx")

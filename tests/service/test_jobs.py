@@ -240,3 +240,20 @@ def test_a_restarted_server_follows_live_jobs_and_marks_dead_ones(data_dir):
         info = second.wait(experiment, live, "Done", timeout=10)
         assert info["exit_code"] is None and info["status_message"] == "train finished successfully."
         assert len(second.get(f"/experiments/{experiment}/jobs").json()) == 2
+
+
+def test_an_automl_job_lists_its_trials_and_keeps_its_study_in_its_folder(server):
+    experiment = server.experiment()
+    server.settings.command = fake_command("automl")
+    job = server.submit(experiment, "automl", {"automl": {"max_trials": 2, "parameters": ["train.optim.lr"]}})
+    info = server.wait(experiment, job, "Done")
+    assert info["specs"]["automl"]["max_trials"] == 2
+    assert info["specs"]["dataset"]["train_data_sources"][0]["json_file"].endswith("train.json")
+    assert [(t["number"], t["state"], t["value"]) for t in info["trials"]] == [
+        (0, "COMPLETE", 0.4),
+        (1, "PRUNED", 0.1),
+    ]
+    assert info["trials"][0]["params"] == {"train.optim.lr": 0.001}
+    r = server.post(f"/experiments/{experiment}/jobs",
+                    json={"action": "automl", "specs": {"automl": {"storage": "sqlite:////tmp/elsewhere.db"}}})  # fmt: skip
+    assert r.status_code == 422 and any(p.startswith("automl.storage:") for p in r.json()["detail"])

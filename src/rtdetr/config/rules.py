@@ -9,7 +9,7 @@ from rtdetr.config.fields import MISSING_VALUE
 from rtdetr.config.schema import ExperimentConfig, ModelConfig
 from rtdetr.config.validate import Problem
 
-TASKS = ("train", "evaluate", "inference", "export", "distill", "gen_trt_engine", "quantize")
+TASKS = ("train", "evaluate", "inference", "export", "distill", "gen_trt_engine", "quantize", "automl")
 
 # The sections each task reads: a required value ("???") left in them is an error for that task.
 TASK_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -20,6 +20,7 @@ TASK_SECTIONS: dict[str, tuple[str, ...]] = {
     "export": ("model", "export"),
     "gen_trt_engine": ("gen_trt_engine",),
     "quantize": ("quantize",),
+    "automl": ("model", "dataset", "train", "wandb", "automl"),
 }
 
 # Values each task needs; a tuple lists alternatives of which one must be set.
@@ -44,6 +45,7 @@ TASK_REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
     "gen_trt_engine": (("gen_trt_engine.onnx_file",), ("gen_trt_engine.trt_engine",)),
     "quantize": (("quantize.onnx_file",), ("quantize.output_file",), ("quantize.cal_image_dir[]",)),
 }
+TASK_REQUIRED["automl"] = TASK_REQUIRED["train"]
 TASK_REQUIRED["distill"] = TASK_REQUIRED["train"] + (
     ("distill.pretrained_teacher_model_path",),
     ("distill.bindings[].teacher_module_name",),  # at least one binding, each naming both sides

@@ -770,6 +770,87 @@ class DistillConfig:
     )
 
 
+# --------------------------------------------------------------------------------------- automl
+# the fields TAO's documentation marks automl_enabled (the teacher's left out), in schema order
+AUTOML_PARAMETERS = (
+    "model.num_queries", "model.num_select", "model.enc_layers", "model.dec_layers", "dataset.batch_size",
+    "dataset.workers", "dataset.augmentation.distortion_prob", "dataset.augmentation.iou_crop_prob",
+    "train.num_epochs", "train.ema.decay", "train.optim.lr", "train.optim.lr_backbone",
+    "train.optim.momentum", "train.optim.weight_decay", "train.optim.lr_step_size", "train.optim.lr_decay",
+)  # fmt: skip
+AUTOML_ALGORITHMS = ("bayesian", "bohb", "hyperband", "asha", "pbt")
+AUTOML_METRICS = ("val_mAP50", "val_mAP", "val_loss", "train_loss")
+AUTOML_NOTE = "Not in TAO's RT-DETR spec (TAO's AutoML settings belong to its service's jobs)."
+
+
+@dataclass
+class AutomlRange:
+    """A searched field's own range or values, in place of the schema's."""
+
+    parameter: str = spec_field(
+        "", "The field, one of automl.parameters.", valid_options=("",) + AUTOML_PARAMETERS
+    )
+    min: float | None = spec_field(None, "The lowest value (default: from the schema).")
+    max: float | None = spec_field(None, "The highest value (default: from the schema).")
+    log: bool | None = spec_field(
+        None, "Sample on a log scale (default: the learning rates and the weight decay are)."
+    )
+    values: list[float] = spec_field([], "Sample one of these values instead of a range.")
+
+
+@dataclass
+class AutomlConfig:
+    """`rtdetr automl`: a search over the automl_enabled fields (Optuna); see docs/automl.md."""
+
+    algorithm: str = spec_field(
+        "bayesian",
+        "bayesian (Gaussian process), bohb (multivariate TPE + Hyperband), hyperband (random + "
+        "Hyperband), asha (random + asynchronous successive halving) or pbt (population-based training).",
+        valid_options=AUTOML_ALGORITHMS, note=AUTOML_NOTE,
+    )  # fmt: skip
+    metric: str = spec_field(
+        "val_mAP50", "The epoch metric trials are judged by: mAP values are maximised, losses minimised.",
+        valid_options=AUTOML_METRICS,
+    )  # fmt: skip
+    max_trials: int = spec_field(
+        10, "Trials that end complete or pruned.", valid_min=1, limit_max=10_000, note="At most 10000 here."
+    )
+    max_concurrent: int = spec_field(
+        1, "Trials run at once.", valid_min=1, limit_max=256, note="At most 256 here."
+    )
+    max_epochs: int = spec_field(
+        10, "Epochs of a trial (caps a sampled train.num_epochs); the pruners' largest budget.", valid_min=1,
+        limit_max=100_000, note="At most 100000 here.",
+    )  # fmt: skip
+    reduction_factor: int = spec_field(
+        3, "Hyperband's and ASHA's reduction factor: of every N trials reaching a budget, one goes on.",
+        valid_min=2, limit_max=100, note="At most 100 here.",
+    )  # fmt: skip
+    seed: int | None = spec_field(
+        None, "The sampler's seed (null: a random one).", valid_min=0, limit_max=2**32 - 1,
+        note="At most 4294967295 here.",
+    )  # fmt: skip
+    parameters: list[str] = spec_field(
+        [], "The fields to search (default: all automl_enabled fields).", valid_options=AUTOML_PARAMETERS
+    )
+    ranges: list[AutomlRange] = spec_field(
+        [], "Per-field ranges or values in place of the schema's.", value_type="list dict"
+    )
+    storage: str | None = spec_field(
+        None, "SQLAlchemy URL of the study's database (shared by several machines); default: SQLite in "
+        "the results folder.",
+    )  # fmt: skip
+    study_name: str = spec_field("rtdetr_automl", "The study's name in its database.")
+    population_size: int = spec_field(
+        4, "pbt: members trained side by side.", valid_min=2, limit_max=256, note="At most 256 here."
+    )
+    eval_interval: int = spec_field(
+        2, "pbt: epochs between two exploit-and-explore steps.", valid_min=1, limit_max=100_000,
+        note="At most 100000 here.",
+    )  # fmt: skip
+    results_dir: str | None = spec_field(None, "Path to the location where the search writes.")
+
+
 # ------------------------------------------------------------------------------------ top level
 @dataclass
 class ExperimentConfig:
@@ -809,4 +890,7 @@ class ExperimentConfig:
         QuantizeConfig,
         "CPU INT8 quantization of an exported model with ONNX Runtime.",
         note="Not in TAO's RT-DETR documentation (TAO has a quantize task for other models).",
+    )
+    automl: AutomlConfig = spec_field(
+        AutomlConfig, "`rtdetr automl`: the search over the automl_enabled fields.", note=AUTOML_NOTE
     )

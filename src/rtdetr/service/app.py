@@ -126,8 +126,14 @@ def progress(job: db.Job) -> dict:
     except (OSError, ValueError):
         lines = []
     out: dict[str, Any] = {"epoch": None, "max_epoch": None, "eta": None, "time_per_epoch": None, "kpi": {}}
+    trials = []  # an automl job's finished trials
     for line in lines:
         if not isinstance(line, dict):
+            continue
+        if isinstance(line.get("trial"), int):
+            kpi = line.get("kpi") if isinstance(line.get("kpi"), dict) else {}
+            trials.append({"number": line["trial"], "state": line.get("trial_state"),
+                           "value": next(iter(kpi.values()), None), "params": line.get("params", {})})  # fmt: skip
             continue
         if "epoch" in line:
             for key in ("epoch", "max_epoch", "eta", "time_per_epoch"):
@@ -135,6 +141,8 @@ def progress(job: db.Job) -> dict:
         if isinstance(line.get("kpi"), dict):
             out["kpi"].update(line["kpi"])
     out["status_message"] = lines[-1].get("message", "") if lines and isinstance(lines[-1], dict) else ""
+    if trials:
+        out["trials"] = trials
     return out
 
 

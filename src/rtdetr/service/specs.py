@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from rtdetr.common.dotted import get_path, set_path
 from rtdetr.common.status import read_status
 from rtdetr.config import load_spec, reference, spec_to_dict
 from rtdetr.config.fields import MISSING_VALUE
@@ -74,6 +75,7 @@ PATH_FIELDS = (
     "quantize.output_file",
     "quantize.results_dir",
     "quantize.cal_image_dir[]",
+    "automl.results_dir",
 )
 
 # what each action writes outside its results folder: kept in the job's own folder
@@ -92,7 +94,7 @@ OUTPUT_NAMES = {
     "gen_trt_engine.trt_engine": "model.engine",
     "quantize.output_file": "model_int8.onnx",
 }
-RESULTS_SECTIONS = ("train", "evaluate", "inference", "export", "gen_trt_engine", "quantize")
+RESULTS_SECTIONS = ("train", "evaluate", "inference", "export", "gen_trt_engine", "quantize", "automl")
 LATEST = "rtdetr_model_latest.pth"  # the train task's link to its newest checkpoint
 
 
@@ -129,29 +131,10 @@ def service_default_spec() -> dict:
     return spec
 
 
-def _get(spec: Mapping, dotted: str) -> Any:
-    node: Any = spec
-    for key in dotted.split("."):
-        if not isinstance(node, Mapping) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
-def _set(spec: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = spec
-    for key in keys[:-1]:
-        if not isinstance(node.get(key), dict):
-            node[key] = {}
-        node = node[key]
-    node[keys[-1]] = value
-
-
 def _fill(spec: dict, dotted: str, value: Any) -> None:
     """Set ``dotted`` to ``value`` unless the spec gives it a value."""
-    if value is not None and is_unset(_get(spec, dotted)):
-        _set(spec, dotted, value)
+    if value is not None and is_unset(get_path(spec, dotted)):
+        set_path(spec, dotted, value)
 
 
 def _values(spec: Any, dotted: str, prefix: str = "") -> Iterator[tuple[str, Any, list]]:
@@ -179,7 +162,7 @@ def _values(spec: Any, dotted: str, prefix: str = "") -> Iterator[tuple[str, Any
 # ------------------------------------------------------------------------------------- parents
 def task_dir(job_dir: str | os.PathLike, action: str, specs: Mapping) -> Path:
     """Where a job's task writes its results (the runner's rule, on the job's spec)."""
-    dry_run = action == "train" and _get(specs, "train.is_dry_run") is True
+    dry_run = action == "train" and get_path(specs, "train.is_dry_run") is True
     return results_dir_of(action, None, str(job_dir), dry_run)
 
 
@@ -224,18 +207,18 @@ def parent_model(action: str, specs: Mapping, job_dir: str) -> dict[str, Any]:
     if action in ("train", "distill"):
         best = best_checkpoint(task_dir(job_dir, action, specs))
         put("checkpoint", str(best) if best else None)
-        section = _get(specs, "model")
+        section = get_path(specs, "model")
     elif action == "export":
-        put("checkpoint", _get(specs, "export.checkpoint"))
-        put("onnx", _get(specs, "export.onnx_file"))
+        put("checkpoint", get_path(specs, "export.checkpoint"))
+        put("onnx", get_path(specs, "export.onnx_file"))
     elif action == "quantize":
-        put("onnx", _get(specs, "quantize.output_file"))
+        put("onnx", get_path(specs, "quantize.output_file"))
     elif action == "gen_trt_engine":
-        put("onnx", _get(specs, "gen_trt_engine.onnx_file"))
-        put("engine", _get(specs, "gen_trt_engine.trt_engine"))
+        put("onnx", get_path(specs, "gen_trt_engine.onnx_file"))
+        put("engine", get_path(specs, "gen_trt_engine.trt_engine"))
     else:  # evaluate, inference: the model they ran
-        put("checkpoint", _get(specs, f"{action}.checkpoint"))
-        engine = _get(specs, f"{action}.trt_engine")
+        put("checkpoint", get_path(specs, f"{action}.checkpoint"))
+        engine = get_path(specs, f"{action}.trt_engine")
         put("engine" if str(engine).endswith(".engine") else "onnx", engine)
     out = {k: v for k, v in out.items() if os.path.exists(v)}
     if isinstance(section, Mapping) and "checkpoint" in out:
@@ -249,9 +232,9 @@ def _take_model(spec: dict, action: str, model: Mapping | None) -> None:
     if not model or action not in ("train", "evaluate", "inference", "export", "distill"):
         return
     target = "distill.teacher" if action == "distill" else "model"
-    given = _get(spec, target)
-    if given in (None, {}) or given == _get(reference.default_spec(), target):
-        _set(spec, target, copy.deepcopy(dict(model)))
+    given = get_path(spec, target)
+    if given in (None, {}) or given == get_path(reference.default_spec(), target):
+        set_path(spec, target, copy.deepcopy(dict(model)))
 
 
 # ------------------------------------------------------------------------------------- filling
@@ -275,8 +258,8 @@ def fill_spec(
 
     train, val = datasets.get("train") or [], datasets.get("val") or []
     test = datasets.get("test") or val
-    if train and unset_sources(_get(spec, "dataset.train_data_sources")):
-        _set(spec, "dataset.train_data_sources", [dict(d) for d in train])
+    if train and unset_sources(get_path(spec, "dataset.train_data_sources")):
+        set_path(spec, "dataset.train_data_sources", [dict(d) for d in train])
     if val:
         _fill(spec, "dataset.val_data_sources.image_dir", val[0]["image_dir"])
         _fill(spec, "dataset.val_data_sources.json_file", val[0]["json_file"])
@@ -284,8 +267,8 @@ def fill_spec(
         _fill(spec, "dataset.test_data_sources.image_dir", test[0]["image_dir"])
         _fill(spec, "dataset.test_data_sources.json_file", test[0]["json_file"])
         _fill(spec, "dataset.infer_data_sources.image_dir", [test[0]["image_dir"]])
-    if num_classes is not None and _get(spec, "dataset.num_classes") is None:
-        _set(spec, "dataset.num_classes", num_classes)
+    if num_classes is not None and get_path(spec, "dataset.num_classes") is None:
+        set_path(spec, "dataset.num_classes", num_classes)
     calibration = [train[0]["image_dir"]] if train else None
 
     own = job_dir / action
@@ -312,7 +295,7 @@ def fill_spec(
         else:
             needs[action] = (f"{action}.checkpoint", checkpoint, "a model")
     field, value, what = needs[action]
-    if value is None and is_unset(_get(spec, field)):
+    if value is None and is_unset(get_path(spec, field)):
         problems.append(f"parent_job_id: the parent job left no {what.split(' ', 1)[1]} for {field}")
     _fill(spec, field, value)
     if action == "quantize":
@@ -384,6 +367,8 @@ def build_job_spec(
         problems += [p.removeprefix("spec: ") for p in exc.problems]
         resolved = None
     problems += path_problems(resolved or spec, action, data_dir, job_dir)
+    if action == "automl" and not is_unset(get_path(resolved or spec, "automl.storage")):
+        problems.append("automl.storage: a job keeps its study in its own folder; leave automl.storage unset")
     if problems:
         raise SpecError(list(dict.fromkeys(problems)))
     return resolved

@@ -22,6 +22,7 @@ TASK_MODULES: dict[str, str] = {
     "export": "rtdetr.tasks.export",
     "gen_trt_engine": "rtdetr.tasks.gen_trt_engine",
     "quantize": "rtdetr.tasks.quantize",
+    "automl": "rtdetr.tasks.automl",
 }
 
 
