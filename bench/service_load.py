@@ -60,9 +60,12 @@ def make_dataset(root: Path) -> None:
     (root / "train.json").write_text(json.dumps(coco))
 
 
-def run_load(url: str, token: str, jobs: int, pollers: int, timeout: float = 300.0) -> dict:
-    """Submit ``jobs`` no-op jobs while ``pollers`` threads poll their status; returns the numbers
-    and the final state of every job (``jobs``: id -> status)."""
+def run_load(
+    url: str, token: str, jobs: int, pollers: int, timeout: float = 300.0, pause: float = 0.0
+) -> dict:
+    """Submit ``jobs`` no-op jobs while ``pollers`` threads poll their status, ``pause`` seconds
+    between two polls of a thread; returns the numbers and the final state of every job (``jobs``:
+    id -> status)."""
     headers = {"Authorization": f"Bearer {token}"}
     api = httpx.Client(base_url=f"{url}/api/v1/orgs/{ORG}", headers=headers, timeout=60)
     dataset = api.post("/datasets", json={"name": "one", "path": "one", "json_file": "train.json"})
@@ -91,6 +94,8 @@ def run_load(url: str, token: str, jobs: int, pollers: int, timeout: float = 300
                 mine.append(time.perf_counter() - start)
                 if r.status_code != 200:
                     errors.append(f"GET {job}: {r.status_code}")
+                if pause:
+                    time.sleep(pause)
 
     threads = [threading.Thread(target=poll, args=(latencies[i], i), daemon=True) for i in range(pollers)]
     start = time.monotonic()

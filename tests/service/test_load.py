@@ -20,7 +20,7 @@ def test_fifty_jobs_under_twenty_pollers_all_end_done_and_run_once(tmp_path):
         data, max_jobs=4, poll_interval=0.2, command=lambda action, spec: [*NOOP, action]
     )
     with live_server(settings) as url:
-        result = run_load(url, settings.token, jobs=50, pollers=20, timeout=120)
+        result = run_load(url, settings.token, jobs=50, pollers=20, timeout=120, pause=0.1)
     assert len(result["submitted"]) == len(set(result["submitted"])) == 50
     assert sorted(result["jobs"]) == sorted(result["submitted"])  # no job lost, none added
     assert set(result["jobs"].values()) == {"Done"}

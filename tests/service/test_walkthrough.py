@@ -90,7 +90,9 @@ def test_the_remote_client_walkthrough_runs_the_toolkit_end_to_end(tmp_path, mon
         assert info["epoch"] == 0 and info["max_epoch"] == 1 and 0.0 <= info["kpi"]["val_mAP50"] <= 1.0
         assert info["specs"]["dataset"]["num_classes"] == 4  # BCCD's 3 classes and the background
 
-        specs = client("get-spec", "--action", "evaluate", "--id", experiment)  # run as it is
+        specs = json.loads(client("get-spec", "--action", "evaluate", "--id", experiment))
+        specs["dataset"]["augmentation"]["eval_spatial_size"] = [64, 64]  # else the default spec as it is
+        specs = json.dumps(specs)
         evaluate = client("experiment-run-action", "--action", "evaluate", "--id", experiment,
                           "--parent_job_id", train, "--specs", specs)  # fmt: skip
         info = wait(evaluate)
