@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from rtdetr.automl.search import trial_spec
-from rtdetr.automl.space import apply_params, default_dimension, search_space
+from rtdetr.config.space import apply_params, default_dimension, search_space
 from rtdetr.config import load_spec, spec_to_dict
 from rtdetr.config.reference import automl_fields
 from rtdetr.config.schema import AUTOML_PARAMETERS
@@ -91,3 +91,25 @@ def test_a_default_dimension_for_each_field_lies_in_its_bounds():
         assert d.low <= d.high, path
     spec = apply_params(base_spec(), {"model.num_queries": 50, "model.num_select": 80})
     assert spec["model"]["num_select"] == 50
+
+
+def test_validate_checks_the_automl_section(cli, write_spec):
+    spec = write_spec({
+        "dataset": {"train_data_sources": [{"image_dir": "a", "json_file": "b.json"}],
+                    "val_data_sources": {"image_dir": "a", "json_file": "c.json"}},
+        "automl": {"algorithm": "grid", "ranges": [{"parameter": "train.optim.lr", "min": 0.1, "max": 0.01},
+                                                   {"parameter": "train.optim.weight_decay", "min": 0, "log": True}]},
+    })  # fmt: skip
+    result = cli("validate", "-e", spec, "--action", "automl")
+    lines = result.err.strip().splitlines()
+    assert result.code == 2 and len(lines) == 3, result.err
+    assert (
+        "automl.algorithm: value 'grid' is not one of the valid_options: bayesian, bohb, hyperband, asha, pbt"
+        in lines[0]
+    )
+    assert lines[1].endswith("automl.ranges[0]: min 0.1 is above max 0.01")
+    assert lines[2].endswith("automl.ranges[1].log: a log scale needs min > 0 (got 0)")
+    assert (
+        cli("validate", "-e", spec, "automl.algorithm=asha", "automl.ranges=[]", "--action", "automl").code
+        == 0
+    )

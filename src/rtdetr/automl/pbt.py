@@ -29,8 +29,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from rtdetr.automl.search import Search, open_study
-from rtdetr.automl.space import Dimension
 from rtdetr.automl.trials import run_trial
+from rtdetr.config.space import Dimension
 from rtdetr.errors import SpecError, UserError
 
 EXPLORED_PREFIXES = ("train.optim.", "dataset.augmentation.", "train.ema.")

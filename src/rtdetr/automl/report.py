@@ -23,10 +23,10 @@ import optuna
 import yaml
 
 from rtdetr.automl.search import TRIAL_SPEC, best_trial
-from rtdetr.automl.space import Dimension
 from rtdetr.common.dotted import set_path
 from rtdetr.common.files import atomic_write_text
 from rtdetr.config import dump_yaml
+from rtdetr.config.space import Dimension
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)

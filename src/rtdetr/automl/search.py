@@ -35,12 +35,12 @@ from optuna.storages import RDBStorage, RetryFailedTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from rtdetr.automl.space import Dimension, apply_params, search_space
 from rtdetr.automl.trials import TrialOutcome, run_trial, train_command
 from rtdetr.common.dotted import set_path
 from rtdetr.common.files import atomic_write_text
 from rtdetr.common.status import StatusLogger
 from rtdetr.config import dump_yaml, load_spec
+from rtdetr.config.space import Dimension, apply_params, search_space
 from rtdetr.errors import SpecError, UserError
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,9 @@ from collections.abc import Callable, Iterator
 
 from rtdetr.config.fields import MISSING_VALUE
 from rtdetr.config.schema import ExperimentConfig, ModelConfig
+from rtdetr.config.space import search_space
 from rtdetr.config.validate import Problem
+from rtdetr.errors import SpecError
 
 TASKS = ("train", "evaluate", "inference", "export", "distill", "gen_trt_engine", "quantize", "automl")
 
@@ -117,9 +119,22 @@ def _teacher_fits_student(cfg: ExperimentConfig) -> Iterator[Problem]:
         )
 
 
+def _automl_space(cfg: ExperimentConfig) -> Iterator[Problem]:
+    """automl.parameters and automl.ranges make a search space (rtdetr.config.space)."""
+    a = cfg.automl
+    ranges = [dataclasses.asdict(r) for r in a.ranges]
+    try:
+        search_space(list(a.parameters), ranges, a.max_epochs)
+    except SpecError as exc:
+        for line in exc.problems:
+            path, _, message = line.partition(": ")
+            yield Problem(path, message)
+
+
 # Cross-field rules that hold for one task only.
 TASK_RULES: dict[str, tuple[Callable[[ExperimentConfig], Iterator[Problem]], ...]] = {
     "distill": (_teacher_fits_student,),
+    "automl": (_automl_space,),
 }
 
 

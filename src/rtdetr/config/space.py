@@ -26,8 +26,8 @@ from typing import Any
 
 from rtdetr.common.dotted import get_path, set_path
 from rtdetr.config.fields import field_info
-from rtdetr.config.reference import automl_fields, iter_fields
-from rtdetr.config.validate import unwrap_optional
+from rtdetr.config.schema import AUTOML_PARAMETERS, ExperimentConfig
+from rtdetr.config.validate import type_hints, unwrap_optional
 from rtdetr.errors import SpecError
 
 LOG_SCALE = frozenset({"train.optim.lr", "train.optim.lr_backbone", "train.optim.weight_decay"})
@@ -63,14 +63,22 @@ def _short(x: float | None) -> str:
     return "-" if x is None else f"{x:g}"
 
 
-def _fields() -> dict[str, tuple[dataclasses.Field, Any]]:
-    return {path: (f, tp) for path, f, tp in iter_fields()}
+def _field(path: str) -> tuple[dataclasses.Field, Any]:
+    """The dataclass field at a dotted path of the spec, and its type."""
+    cls: Any = ExperimentConfig
+    names = path.split(".")
+    for i, name in enumerate(names):
+        f = next(f for f in dataclasses.fields(cls) if f.name == name)
+        tp = type_hints(cls)[name]
+        if i == len(names) - 1:
+            return f, tp
+        cls, _ = unwrap_optional(tp)
+    raise KeyError(path)
 
 
 def default_dimension(path: str, max_epochs: int | None = None) -> Dimension:
     """The schema's dimension of an automl_enabled field (rules in the module docstring)."""
-    fields = _fields()
-    f, tp = fields[path]
+    f, tp = _field(path)
     info = field_info(f)
     inner, _ = unwrap_optional(tp)
     if info.valid_options is not None:
@@ -101,7 +109,7 @@ def search_space(parameters: Sequence[str], ranges: Sequence[Mapping] = (), max_
                  ) -> list[Dimension]:  # fmt: skip
     """The dimensions of ``parameters`` (all automl_enabled fields when empty), with ``ranges``
     (``{parameter, min, max, log, values}``) replacing the schema's. SpecError lists every problem."""
-    enabled = automl_fields()
+    enabled = list(AUTOML_PARAMETERS)
     problems = [
         f"automl.parameters: '{p}' is not a field AutoML may tune; the fields: {', '.join(enabled)}"
         for p in parameters
@@ -124,7 +132,7 @@ def search_space(parameters: Sequence[str], ranges: Sequence[Mapping] = (), max_
 def _override(dims: dict[str, Dimension], path: str, r: Mapping, where: str) -> list[str]:
     base = dims[path]
     values = list(r.get("values") or [])
-    low_bound, high_bound = field_info(_fields()[path][0]).bounds()
+    low_bound, high_bound = field_info(_field(path)[0]).bounds()
 
     def outside(v: float) -> bool:
         return (low_bound is not None and v < low_bound) or (high_bound is not None and v > high_bound)
