@@ -19,6 +19,7 @@ TASK_OF = {
     "export_bccd.yaml": "export",
     "gen_trt_engine_bccd.yaml": "gen_trt_engine",
     "distill_bccd.yaml": "distill",
+    "automl_bccd.yaml": "automl",
 }
 HEADER = "run from the folder where you ran `rtdetr sample-data data/bccd`"
 

@@ -160,3 +160,17 @@ def test_pbt_copies_the_best_members_settings_to_the_worst_and_perturbs_them(tmp
     assert by[best, 1]["train.optim.lr"] == by[best, 0]["train.optim.lr"]  # the best goes on unchanged
     spec_file = yaml.safe_load((tmp_path / f"member_{worst:02d}" / "spec.yaml").read_text())
     assert spec_file["train"]["num_epochs"] == 4 and spec_file["train"]["checkpoint_interval"] == 2
+
+
+def test_concurrent_trials_share_the_cpus_threads(monkeypatch):
+    from rtdetr.automl.trials import thread_share
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert (
+        thread_share(1) == {}
+        and thread_share(2) == {"OMP_NUM_THREADS": "4"}
+        and thread_share(16) == {"OMP_NUM_THREADS": "1"}
+    )
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert thread_share(2) == {}  # the user's setting stands

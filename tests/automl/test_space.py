@@ -7,10 +7,10 @@ import optuna
 import pytest
 
 from rtdetr.automl.search import trial_spec
-from rtdetr.config.space import apply_params, default_dimension, search_space
 from rtdetr.config import load_spec, spec_to_dict
 from rtdetr.config.reference import automl_fields
 from rtdetr.config.schema import AUTOML_PARAMETERS
+from rtdetr.config.space import apply_params, default_dimension, search_space
 from rtdetr.errors import SpecError
 
 SOURCES = {

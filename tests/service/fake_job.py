@@ -12,7 +12,7 @@ usage: fake_job.py MODE ACTION SPEC
   sleep     STARTED, starts a child that sleeps too (its pid in child.pid), sleeps 60 s
   stubborn  as sleep, and ignores SIGTERM
   short     STARTED, sleeps 1.5 s, SUCCESS
-  gpu       writes CUDA_VISIBLE_DEVICES to gpu.txt, sleeps 0.5 s, SUCCESS
+  gpu       writes CUDA_VISIBLE_DEVICES to gpu.txt and OMP_NUM_THREADS to threads.txt, sleeps 0.5 s, SUCCESS
 """
 
 import json
@@ -78,6 +78,7 @@ def main() -> int:
         time.sleep(1.5)
     elif mode == "gpu":
         (results / "gpu.txt").write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+        (results / "threads.txt").write_text(os.environ.get("OMP_NUM_THREADS", "unset"))
         time.sleep(0.5)
     status("SUCCESS", f"{action} finished successfully.")
     return 0

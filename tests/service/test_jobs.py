@@ -201,6 +201,9 @@ def test_each_running_job_has_a_gpu_of_its_own(server):
     job = server.submit(experiment, "train")
     assert server.wait(experiment, job, "Done")["gpu"] is None
     assert (server.settings.jobs_dir / job / "train" / "gpu.txt").read_text() == ""  # the CPU: no GPU visible
+    if "OMP_NUM_THREADS" not in os.environ:  # two jobs may share the CPU: each gets its share of the cores
+        expected = str(max(1, (os.cpu_count() or 1) // 2))
+        assert (server.settings.jobs_dir / job / "train" / "threads.txt").read_text() == expected
 
 
 def test_a_failing_job_ends_in_error_with_its_last_status_line(server):

@@ -29,7 +29,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from rtdetr.automl.search import Search, open_study
-from rtdetr.automl.trials import run_trial
+from rtdetr.automl.trials import run_trial, thread_share
 from rtdetr.config.space import Dimension
 from rtdetr.errors import SpecError, UserError
 
@@ -137,9 +137,8 @@ class PopulationSearch(Search):
             except SpecError:
                 study.tell(trial, state=TrialState.FAIL)
                 return
-            outcome = run_trial(
-                self.command(spec_file), folder, s.metric, lambda e, v: False, self.poll, self.grace
-            )
+            outcome = run_trial(self.command(spec_file), folder, s.metric, lambda e, v: False, self.poll, self.grace,
+                                thread_share(s.max_concurrent))  # fmt: skip
             trial.set_user_attr("values", outcome.values)
             if outcome.exit_code != 0 or not outcome.values:
                 trial.set_user_attr("error", outcome.message or f"exit status {outcome.exit_code}")

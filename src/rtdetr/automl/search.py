@@ -35,7 +35,7 @@ from optuna.storages import RDBStorage, RetryFailedTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from rtdetr.automl.trials import TrialOutcome, run_trial, train_command
+from rtdetr.automl.trials import TrialOutcome, run_trial, thread_share, train_command
 from rtdetr.common.dotted import set_path
 from rtdetr.common.files import atomic_write_text
 from rtdetr.common.status import StatusLogger
@@ -256,8 +256,9 @@ class Search:
             return trial.should_prune()
 
         outcome: TrialOutcome = run_trial(
-            self.command(spec_file), trial_dir, s.metric, report, self.poll, self.grace
-        )
+            self.command(spec_file), trial_dir, s.metric, report, self.poll, self.grace,
+            thread_share(s.max_concurrent),
+        )  # fmt: skip
         trial.set_user_attr("duration_s", round(time.monotonic() - start, 3))
         trial.set_user_attr("values", outcome.values)
         if outcome.pruned:

@@ -74,6 +74,15 @@ def last_message(status_dir: Path, log_file: Path) -> str:
     return ""
 
 
+def thread_share(concurrent: int) -> dict[str, str]:
+    """The environment of a trial that runs beside ``concurrent - 1`` others: its share of the CPU's
+    cores for its operator threads (oversubscribed threads make every trial many times slower),
+    unless OMP_NUM_THREADS is set already."""
+    if concurrent <= 1 or "OMP_NUM_THREADS" in os.environ:
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // concurrent))}
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -86,15 +95,17 @@ def run_trial(
     report: Callable[[int, float], bool],
     poll: float = 0.5,
     grace: float = 30.0,
+    env: dict[str, str] | None = None,
 ) -> TrialOutcome:
-    """Run ``command`` for the trial in ``trial_dir`` (rules in the module docstring)."""
+    """Run ``command`` for the trial in ``trial_dir`` (rules in the module docstring), with ``env``
+    added to this process's environment."""
     status_dir = trial_dir / "train"
     seen: set[int] = set()
     pruned_at: tuple[int, float] | None = None
     with open(trial_dir / LOG_FILE, "ab") as out:
         process = subprocess.Popen(
             list(command), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, env={**os.environ, **(env or {})},
         )  # fmt: skip
     try:
         while True:

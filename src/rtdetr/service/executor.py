@@ -308,6 +308,9 @@ class Scheduler:
                 return False
         job_dir = Path(job.job_dir)
         env = {"CUDA_VISIBLE_DEVICES": gpu if gpu is not None else ""}
+        if gpu is None and self.settings.max_jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+            # jobs on the CPU side by side: each its share of the cores (oversubscribed threads crawl)
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.settings.max_jobs))
         try:
             handle = self.executor.submit(
                 job.id, self.settings.command(job.action, job_dir / SPEC_FILE), job_dir, env
