@@ -57,7 +57,7 @@ def test_one_epoch_then_evaluate_and_export_on_the_sample(cli, tmp_path, backbon
                   "num_select": 30, "dn_number": 10, "expansion": 0.5},
         "dataset": {"train_data_sources": [source], "val_data_sources": val, "test_data_sources": val,
                     "num_classes": 4, "batch_size": 8, "workers": 0,
-                    "augmentation": {"train_spatial_size": [128, 128], "eval_spatial_size": [128, 128],
+                    "augmentation": {"train_spatial_size": [64, 64], "eval_spatial_size": [64, 64],
                                      "multi_scales": []}},
         "train": {"num_epochs": 1, "activation_checkpoint": False},
     }  # fmt: skip
@@ -71,7 +71,7 @@ def test_one_epoch_then_evaluate_and_export_on_the_sample(cli, tmp_path, backbon
     assert 0.0 <= stats["mAP50"] <= 1.0
     onnx = tmp_path / "model.onnx"
     result = cli("-q", "export", "-e", path, f"export.checkpoint={checkpoint}", f"export.onnx_file={onnx}",
-                 "export.input_width=128", "export.input_height=128")  # fmt: skip
+                 "export.input_width=64", "export.input_height=64")  # fmt: skip
     assert result.code == 0, result.err
     status = [
         json.loads(line)
