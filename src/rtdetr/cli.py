@@ -146,6 +146,29 @@ def build_parser() -> argparse.ArgumentParser:
     _common_flags(p, suppress=True)
 
     p = sub.add_parser(
+        "detect", help="detect objects in images, folders, globs or videos with a model file or hub name",
+        description="Detect objects with a trained model: a checkpoint, an exported ONNX file or TensorRT "
+        "engine, or a hub name (hf://ORG/REPO[@REVISION], e.g. hf://PekingU/rtdetr_r50vd: downloaded or "
+        "taken from the Hugging Face cache, converted once). Writes annotated images, KITTI labels and a "
+        "COCO detections file (the inference task's outputs) and prints a summary.",
+    )  # fmt: skip
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="images, folders, glob patterns or videos")
+    p.add_argument("--model", required=True, metavar="NAME_OR_FILE", help="a model file or hub name")
+    p.add_argument("--conf", type=float, default=0.5, help="score threshold (default 0.5)")
+    p.add_argument(
+        "--output", default="detections", metavar="DIR", help="where to write (default ./detections)"
+    )
+    _common_flags(p, suppress=True)
+
+    p = sub.add_parser(
+        "download", help="fill the Hugging Face cache with models by hub name (for offline machines)",
+        description="Download hub names (hf://ORG/REPO[@REVISION]) into the Hugging Face cache and convert "
+        "RT-DETR models once; copy the cache folder to a machine without a network (HF_HUB_OFFLINE=1).",
+    )  # fmt: skip
+    p.add_argument("names", nargs="+", metavar="NAME", help="hub names, e.g. hf://PekingU/rtdetr_r18vd")
+    _common_flags(p, suppress=True)
+
+    p = sub.add_parser(
         "info", help="print a model's parameters and GFLOPs",
         description="Parameters and GFLOPs (at the eval size) of the model a spec describes, or of a checkpoint.",
     )  # fmt: skip
@@ -325,6 +348,38 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_detect(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.conf <= 1.0:
+        raise UserError(f"--conf {args.conf}: give a score threshold from 0 to 1")
+    field = "inference.trt_engine" if args.model.endswith((".onnx", ".engine")) else "inference.checkpoint"
+    spec = {
+        "results_dir": args.output,
+        "inference": {
+            field.split(".")[1]: args.model,
+            "conf_threshold": args.conf,
+            "results_dir": args.output,
+        },
+        "dataset": {"infer_data_sources": {"image_dir": list(args.sources)}, "workers": 0},
+    }
+    results = run_task("inference", load_spec(spec, action="inference"))
+    status = [line for line in read_status(results) if line.get("kpi")]
+    kpi = status[-1]["kpi"] if status else {}
+    print(f"{kpi.get('images', 0)} images, {kpi.get('frames', 0)} video frames, {kpi.get('detections', 0)} "
+          f"detections (score >= {args.conf}); results in {results}")  # fmt: skip
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from rtdetr.model import hub  # torch and huggingface_hub: loaded for this command only
+
+    for name in args.names:
+        if not hub.is_hub_name(name):
+            raise UserError(f"'{name}': a hub name starts with hf://, e.g. hf://PekingU/rtdetr_r18vd")
+        print(f"{name}: {hub.resolve(name, 'download')}")
+    print(f"cache: {hub.cache_dir()}")
+    return 0
+
+
 def cmd_sample_data(args: argparse.Namespace) -> int:
 
     summary = write_sample(args.dir, overwrite=args.overwrite)
@@ -414,6 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sample-data": cmd_sample_data,
         "serve": cmd_serve,
         "client": cmd_client,
+        "detect": cmd_detect,
+        "download": cmd_download,
     }
     handler = handlers.get(args.command, cmd_task)
 

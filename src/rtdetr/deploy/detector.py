@@ -23,6 +23,7 @@ from rtdetr.data.images import UNREADABLE_IMAGE_ERRORS, load_image, to_rgb
 from rtdetr.data.transforms import EvalPreset
 from rtdetr.deploy.backends import TorchBackend, load_backend
 from rtdetr.errors import UserError
+from rtdetr.model import hub
 from rtdetr.model.postprocess import detections_per_image
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,14 @@ class Detector:
         """A Detector for any model file rtdetr.deploy.load_backend runs."""
 
         return cls(load_backend(path, device=device), **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls, name: str | os.PathLike, device: str | torch.device | None = None, **kwargs
+    ) -> Detector:
+        """A Detector for a hub name (``hf://ORG/REPO[@REVISION]``, rtdetr.model.hub: downloaded or
+        taken from the cache, converted once) or any model file ``from_file`` takes."""
+        return cls.from_file(hub.local_path(name, "model"), device=device, **kwargs)
 
     def reuse_host_memory(self) -> None:
         """For a process that runs many batches: a PyTorch model on the CPU keeps freed activation

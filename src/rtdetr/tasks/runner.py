@@ -134,9 +134,33 @@ def record_refusal(results_dir: Path | None, task: str, exc: UserError) -> None:
         return
 
 
+# the fields that take a weights file, and so a hub name (rtdetr.model.hub)
+WEIGHT_FIELDS = (
+    "model.pretrained_backbone_path", "train.pretrained_model_path", "evaluate.checkpoint",
+    "inference.checkpoint", "export.checkpoint", "distill.pretrained_teacher_model_path",
+    "distill.teacher.pretrained_backbone_path",
+)  # fmt: skip
+
+
+def resolve_hub_names(cfg: ExperimentConfig) -> None:
+    """Replace each hub name (``hf://...``) in the weight fields by its local file, in place:
+    downloaded (or taken from the cache) and, for an RT-DETR, converted once."""
+    for dotted in WEIGHT_FIELDS:
+        *parents, leaf = dotted.split(".")
+        node = cfg
+        for name in parents:
+            node = getattr(node, name)
+        value = getattr(node, leaf)
+        if isinstance(value, str) and value.startswith("hf://"):
+            from rtdetr.model import hub  # torch and huggingface_hub: only when a name is given
+
+            setattr(node, leaf, str(hub.resolve(value, dotted)))
+
+
 def run_task(task: str, cfg: ExperimentConfig) -> Path:
     """Check the task's files, prepare the results directory, save the resolved spec, run the task
     with status lines."""
+    resolve_hub_names(cfg)
     results_dir = task_results_dir(cfg, task)
     try:
         check_task_files(task, cfg, results_dir)
