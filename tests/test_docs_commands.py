@@ -60,7 +60,7 @@ SMALL = {
     "export": [f"export.input_width={SIZE}", f"export.input_height={SIZE}"],
     "quantize": ["quantize.cal_images=8"],
     "quickstart": ["--epochs", "1"],
-    # two trials of one epoch at 128 px
+    # two trials of one epoch at 128 px, side by side
     "automl": [*SMALL_MODEL, *TRAINING, "dataset.augmentation.train_spatial_size=[128,128]",
                "dataset.augmentation.eval_spatial_size=[128,128]", "automl.max_trials=2", "automl.max_epochs=1",
                "automl.max_concurrent=2"],

@@ -139,6 +139,13 @@ def test_fine_tuning_an_other_class_count_checkpoint_by_name_reports_the_new_hea
     result = cli("train", "-e", tmp_path / "spec.json")
     assert result.code == 0, result.err
     assert (tmp_path / "results" / "train" / "model_epoch_000.pth").is_file()
+    spec["model"] = {**section, "dec_layers": 1}  # the checkpoint has 2
+    spec["results_dir"] = str(tmp_path / "other")
+    (tmp_path / "other.json").write_text(json.dumps(spec))
+    refused = cli("train", "-e", tmp_path / "other.json")
+    lines = refused.err.strip().splitlines()
+    assert refused.code == 2 and "does not fit the spec's model" in lines[-1]
+    assert "dec_layers 2 (model.dec_layers: 1)" in lines[-1]
     report = result.err  # what was loaded, what was skipped and left at initialisation: the class heads
     assert "loaded 496 of 503 tensors" in report and "left at initialisation (7)" in report
     assert "decoder.enc_score_head.weight (4, 64) -> (6, 64)" in report

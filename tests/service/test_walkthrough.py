@@ -30,7 +30,9 @@ def test_the_remote_client_walkthrough_runs_the_toolkit_end_to_end(tmp_path, mon
     data = tmp_path / "service"
     monkeypatch.setenv("RTDETR_CLIENT_CONFIG", str(tmp_path / "client.json"))
     assert main(["sample-data", str(data / "bccd")]) == 0
-    settings = make_settings(data, command=default_command, max_jobs=1, poll_interval=0.2)
+    settings = make_settings(
+        data, command=default_command, max_jobs=2, poll_interval=0.2
+    )  # evaluate || export
 
     def client(*args: str) -> str:
         capsys.readouterr()
@@ -95,6 +97,9 @@ def test_the_remote_client_walkthrough_runs_the_toolkit_end_to_end(tmp_path, mon
         specs = json.dumps(specs)
         evaluate = client("experiment-run-action", "--action", "evaluate", "--id", experiment,
                           "--parent_job_id", train, "--specs", specs)  # fmt: skip
+        size = json.dumps({"export": {"input_width": 64, "input_height": 64}})  # the default is 960x544
+        export = client("experiment-run-action", "--action", "export", "--id", experiment, "--parent_job_id", train,
+                        "--specs", size)  # fmt: skip
         info = wait(evaluate)
         assert info["status"] == "Done", client("job-logs", "--id", experiment, "--job", evaluate)
         best = best_checkpoint(data / "jobs" / train / "train")
@@ -103,9 +108,6 @@ def test_the_remote_client_walkthrough_runs_the_toolkit_end_to_end(tmp_path, mon
         assert info["specs"]["dataset"]["test_data_sources"]["json_file"].endswith("instances_test.json")
         assert 0.0 <= info["kpi"]["test_mAP"] <= 1.0
 
-        size = json.dumps({"export": {"input_width": 64, "input_height": 64}})  # the default is 960x544
-        export = client("experiment-run-action", "--action", "export", "--id", experiment, "--parent_job_id", train,
-                        "--specs", size)  # fmt: skip
         info = wait(export)
         assert info["status"] == "Done", client("job-logs", "--id", experiment, "--job", export)
         onnx = info["specs"]["export"]["onnx_file"]

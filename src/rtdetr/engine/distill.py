@@ -20,27 +20,22 @@ import torch
 from torch import nn
 
 from rtdetr.config import ExperimentConfig, spec_to_dict
-from rtdetr.engine.model_setup import read_model_state, state_misfit, use_channels_last
+from rtdetr.engine.model_setup import (
+    architecture_differences,
+    read_model_state,
+    state_misfit,
+    use_channels_last,
+)
 from rtdetr.engine.module import DetectionModule
 from rtdetr.errors import UserError
 from rtdetr.loss import Binding, DistillationLoss, total_loss
 from rtdetr.loss.distill import FEATURE_NAMES, tensors_of
 from rtdetr.model.checkpoint import ModelMetadata, build_from_metadata
-from rtdetr.model.factory import model_kwargs
-from rtdetr.model.weights import torch_load_weights
 
 log = logging.getLogger(__name__)
 
 TEACHER_PREFIX = "teacher."
 TEACHER_FIELD = "distill.pretrained_teacher_model_path"
-# build_model arguments that do not change the tensors a model holds
-_NOT_IN_WEIGHTS = {
-    "pretrained_backbone_path",
-    "train_backbone",
-    "aux_loss",
-    "label_noise_ratio",
-    "box_noise_scale",
-}
 
 
 class FrozenTeacher(nn.Module):
@@ -250,24 +245,6 @@ class DistillModule(DetectionModule):
 
 
 # ---------------------------------------------------------------------------------- building
-def _architecture_differences(path: str | os.PathLike, section: dict, num_classes: int) -> str:
-    """The architecture fields in which a checkpoint of ours differs from distill.teacher ("" when
-    the file carries no model section)."""
-    data = torch_load_weights(path, TEACHER_FIELD)
-    meta = data.get("rtdetr") if isinstance(data, dict) else None
-    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
-        return ""
-    theirs = model_kwargs(meta["model"], int(meta.get("num_classes", num_classes)))
-    ours = model_kwargs(section, num_classes)
-    names = {"num_classes": "dataset.num_classes"}
-    diffs = [
-        f"{k} {theirs[k]} ({names.get(k, 'distill.teacher.' + k)}: {ours[k]})"
-        for k in ours
-        if k in theirs and k not in _NOT_IN_WEIGHTS and theirs[k] != ours[k]
-    ]
-    return f"; the checkpoint's model has {', '.join(diffs[:4])}" if diffs else ""
-
-
 def load_teacher(teacher: nn.Module, path: str | os.PathLike, section: dict, num_classes: int) -> None:
     """Load every tensor of the teacher from ``path`` (our checkpoints, TAO's, plain state dicts);
     UserError in one line when the file does not hold exactly the tensors of distill.teacher."""
@@ -276,7 +253,7 @@ def load_teacher(teacher: nn.Module, path: str | os.PathLike, section: dict, num
     if misfit:
         raise UserError(
             f"{TEACHER_FIELD}: {path} does not fit distill.teacher {misfit}"
-            f"{_architecture_differences(path, section, num_classes)}; give distill.teacher the model "
+            f"{architecture_differences(path, section, num_classes, 'distill.teacher.', TEACHER_FIELD)}; give distill.teacher the model "
             "section the teacher was trained with"
         )
     teacher.load_state_dict(state)

@@ -16,6 +16,7 @@ from rtdetr.model.checkpoint import STATE_PREFIX
 from rtdetr.model.convert_hf import is_tao_state_dict, tao_state_dict_to_ours
 from rtdetr.model.decoder import TransformerDecoderLayer
 from rtdetr.model.encoder import TransformerEncoderLayer
+from rtdetr.model.factory import model_kwargs
 from rtdetr.model.weights import torch_load_weights
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,43 @@ def read_model_state(model: nn.Module, path: str | os.PathLike, field: str) -> d
     }
 
 
-def load_pretrained_model(model: nn.Module, path: str | os.PathLike) -> LoadReport:
+# build_model arguments that do not change the tensors a model holds
+NOT_IN_WEIGHTS = {
+    "pretrained_backbone_path",
+    "train_backbone",
+    "aux_loss",
+    "label_noise_ratio",
+    "box_noise_scale",
+}
+CLASS_TENSORS = ("score_head", "denoising_class_embed")  # sized by the number of classes
+
+
+def architecture_differences(path: str | os.PathLike, section: dict, num_classes: int, prefix: str, field: str
+                             ) -> str:  # fmt: skip
+    """The architecture fields in which a checkpoint of ours differs from a model section (spec
+    fields under ``prefix``), "" when none does or the file carries no model section."""
+    data = torch_load_weights(path, field)
+    meta = data.get("rtdetr") if isinstance(data, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        return ""
+    theirs = model_kwargs(meta["model"], int(meta.get("num_classes", num_classes)))
+    ours = model_kwargs(section, num_classes)
+    names = {"num_classes": "dataset.num_classes"}
+    diffs = [
+        f"{k} {theirs[k]} ({names.get(k, prefix + k)}: {ours[k]})"
+        for k in ours
+        if k in theirs and k not in NOT_IN_WEIGHTS and theirs[k] != ours[k]
+    ]
+    return f"; the checkpoint's model has {', '.join(diffs[:4])}" if diffs else ""
+
+
+def load_pretrained_model(model: nn.Module, path: str | os.PathLike, section: dict | None = None,
+                          num_classes: int | None = None) -> LoadReport:  # fmt: skip
     """Load every tensor of a checkpoint whose name and shape match; report what was skipped.
 
-    Takes the files of :func:`read_model_state`.
+    Takes the files of :func:`read_model_state`. The class heads may differ (another number of
+    classes: they keep their initialisation); with the spec's model ``section``, a checkpoint of
+    ours whose other tensors do not fit is refused in one line naming the fields that differ.
     """
     state = read_model_state(model, path, "train.pretrained_model_path")
     own = model.state_dict()
@@ -71,6 +105,17 @@ def load_pretrained_model(model: nn.Module, path: str | os.PathLike) -> LoadRepo
             usable[name] = value
             report.loaded.append(name)
     report.missing = sorted(set(own) - set(usable))
+    structural = [n for n in report.mismatched + report.unexpected if not any(c in n for c in CLASS_TENSORS)]
+    if structural and section is not None:
+        differences = architecture_differences(
+            path, section, num_classes or 1, "model.", "train.pretrained_model_path"
+        )
+        differences = ", ".join(p for p in differences.split(", ") if "dataset.num_classes" not in p)
+        if differences and "(model." in differences:
+            raise UserError(
+                f"train.pretrained_model_path: {path} does not fit the spec's model{differences}; give the model "
+                "section the checkpoint was trained with (only the class count may differ)"
+            )
     if not usable:
         raise UserError(f"train.pretrained_model_path: {path}: no tensor fits the model")
     model.load_state_dict(usable, strict=False)
