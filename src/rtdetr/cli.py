@@ -351,11 +351,11 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     if not 0.0 <= args.conf <= 1.0:
         raise UserError(f"--conf {args.conf}: give a score threshold from 0 to 1")
-    field = "inference.trt_engine" if args.model.endswith((".onnx", ".engine")) else "inference.checkpoint"
+    key = "trt_engine" if args.model.endswith((".onnx", ".engine")) else "checkpoint"
     spec = {
         "results_dir": args.output,
         "inference": {
-            field.split(".")[1]: args.model,
+            key: args.model,
             "conf_threshold": args.conf,
             "results_dir": args.output,
         },

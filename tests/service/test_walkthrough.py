@@ -13,16 +13,7 @@ from service_helpers import SMALL_SPEC, live_server, make_settings
 
 from rtdetr.cli import main
 from rtdetr.service.settings import default_command
-from rtdetr.service.specs import best_checkpoint
-
-
-def deep_update(spec: dict, changes: dict) -> dict:
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(spec.get(key), dict):
-            deep_update(spec[key], value)
-        else:
-            spec[key] = value
-    return spec
+from rtdetr.service.specs import best_checkpoint, deep_merge
 
 
 @pytest.mark.slow
@@ -83,7 +74,7 @@ def test_the_remote_client_walkthrough_runs_the_toolkit_end_to_end(tmp_path, mon
         specs = json.loads(
             client("get-spec", "--action", "train", "--job_type", "experiment", "--id", experiment)
         )
-        specs = deep_update(specs, SMALL_SPEC)  # as a user edits the default spec before running it
+        specs = deep_merge(specs, SMALL_SPEC)  # as a user edits the default spec before running it
         train = client(
             "experiment-run-action", "--action", "train", "--id", experiment, "--specs", json.dumps(specs)
         )

@@ -127,7 +127,8 @@ def run_trial(
             process.wait()
         _signal_group(process.pid, signal.SIGKILL)  # workers left behind by the trial's process
     values = epoch_values(status_dir, metric)
-    ordered = [values[e] for e in sorted(values)]
+    last = pruned_at[0] if pruned_at is not None else max(values, default=-1)
+    ordered = [values[e] for e in sorted(values) if e <= last]  # a pruned trial: up to its verdict
     if pruned_at is not None:
         epoch, value = pruned_at
         note = {
@@ -136,8 +137,7 @@ def run_trial(
             "message": f"pruned after epoch {epoch} ({metric} {value:.4f})",
         }
         atomic_write_text(trial_dir / PRUNED_FILE, json.dumps(note) + "\n")
-        return TrialOutcome(process.returncode, ordered[: len([e for e in sorted(values) if e <= epoch])],
-                            True, note["message"])  # fmt: skip
+        return TrialOutcome(process.returncode, ordered, True, note["message"])
     return TrialOutcome(process.returncode, ordered, False, last_message(status_dir, trial_dir / LOG_FILE))
 
 
