@@ -274,37 +274,49 @@ def test_resume_with_another_batch_size_keeps_epoch_boundaries_and_frozen_parts(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("signum", "code", "message"),
-    [
-        (signal.SIGTERM, 143, "Interrupted: SIGTERM received"),
-        (signal.SIGINT, 130, "Interrupted: train stopped"),
-    ],
-)
-def test_a_signal_stops_training_with_a_failure_line(
-    small_squares, spec_file, tmp_path, signum, code, message
-):
+def test_a_signal_stops_training_with_a_failure_line(small_squares, spec_file, tmp_path):
     """A cluster's pre-emption (SIGTERM) or Ctrl+C (SIGINT) stops training at the next step:
-    FAILURE "Interrupted: ..." in status.json, exit status 128 + signal, the checkpoints intact."""
-    spec = spec_file(small_squares, train={"num_epochs": 30}, dataset={"batch_size": 4})
-    results = tmp_path / "results" / "train"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rtdetr.cli", "-q", "train", "-e", str(spec)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not (results / "model_epoch_000.pth").exists() and proc.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint after 300 s"
-        time.sleep(0.2)
-    proc.send_signal(signum)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == code, err[-2000:]
-    last = read_status(results)[-1]
-    assert last["status"] == "FAILURE" and last["message"].startswith(message), last
-    assert sum(s["status"] == "FAILURE" for s in read_status(results)) == 1
-    assert not (results / "model_epoch_029.pth").exists()
-    load_model(results / "rtdetr_model_latest.pth")
+    FAILURE "Interrupted: ..." in status.json, exit status 128 + signal, the checkpoints intact.
+    The two runs go side by side, a core each."""
+    cases = {
+        "sigterm": (signal.SIGTERM, 143, "Interrupted: SIGTERM received"),
+        "sigint": (signal.SIGINT, 130, "Interrupted: train stopped"),
+    }
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    runs = {}
+    for name in cases:
+        spec = spec_file(small_squares, name=f"{name}.yaml", results_dir=str(tmp_path / name),
+                         train={"num_epochs": 30}, dataset={"batch_size": 4})  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rtdetr.cli", "-q", "train", "-e", str(spec)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        runs[name] = (proc, tmp_path / name / "train")
+    try:
+        deadline = time.monotonic() + 300
+        waiting = dict(runs)
+        while waiting:
+            assert time.monotonic() < deadline, f"no checkpoint after 300 s: {sorted(waiting)}"
+            for name, (proc, results) in list(waiting.items()):
+                if (results / "model_epoch_000.pth").exists() or proc.poll() is not None:
+                    proc.send_signal(cases[name][0])
+                    del waiting[name]
+            time.sleep(0.2)
+        for name, (proc, results) in runs.items():
+            _, err = proc.communicate(timeout=120)
+            signum, code, message = cases[name]
+            assert proc.returncode == code, (name, err[-2000:])
+            statuses = read_status(results)
+            last = statuses[-1]
+            assert last["status"] == "FAILURE" and last["message"].startswith(message), last
+            assert sum(s["status"] == "FAILURE" for s in statuses) == 1
+            assert not (results / "model_epoch_029.pth").exists()
+            load_model(results / "rtdetr_model_latest.pth")
+    finally:
+        for proc, _ in runs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
 
 
 @pytest.mark.slow
