@@ -4,13 +4,18 @@ model trained on it once per session (used by the engine and the task tests)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from rtdetr.cli import main
+# tests never reach the network: hub names come from caches the tests fill (set before
+# huggingface_hub reads it; subprocesses inherit it)
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from rtdetr.cli import main  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/synthetic.py: generated datasets and specs
 

@@ -4,7 +4,7 @@ The commands are taken from the ```bash and ```text blocks (backslash-continued 
 comments and output lines left out), in page order, and run through the CLI in one fresh folder
 that holds a copy of docs/, as a clone would (`rtdetr quickstart` in a folder of its own; nothing
 else reads what it writes). Overrides appended to each command make the runs small (a smaller
-model at 64x64, one epoch, fp32; ``quickstart --epochs 1``); the commands, paths and files stay as
+model at 64x64, one epoch, fp32; ``quickstart --epochs 1 --size 160``); the commands, paths and files stay as
 the docs give them. Usage lines with placeholders (``rtdetr train -e SPEC [KEY=VALUE ...]``) are
 parsed but not run. A ``$ rtdetr ...`` line is a transcript: the ``error:`` lines after it are what
 it must print, with exit status 2.
@@ -59,7 +59,7 @@ SMALL = {
     "inference": [*LOADING, f"inference.input_width={SIZE}", f"inference.input_height={SIZE}"],
     "export": [f"export.input_width={SIZE}", f"export.input_height={SIZE}"],
     "quantize": ["quantize.cal_images=8"],
-    "quickstart": ["--epochs", "1"],
+    "quickstart": ["--epochs", "1", "--size", "160"],
     # two trials of one epoch at 128 px, side by side
     "automl": [*SMALL_MODEL, *TRAINING, "dataset.augmentation.train_spatial_size=[128,128]",
                "dataset.augmentation.eval_spatial_size=[128,128]", "automl.max_trials=2", "automl.max_epochs=1",
@@ -241,6 +241,7 @@ def test_the_documented_quickstart_runs(cli, clone):
     assert quickstart
     out = _run(cli, quickstart).out
     root = clone / "rtdetr_quickstart"
+    assert "started from: random weights" in out  # offline, without the COCO weights in the cache
     assert f"trained: {root / 'train'}" in out and "validation: mAP" in out
     assert f"evaluated: {root / 'evaluate'}" in out and f"inference: {root / 'inference'}" in out
     assert "exported: " in out and "run by ONNX Runtime: mAP" in out

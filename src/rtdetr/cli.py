@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rtdetr import __version__
 from rtdetr.common.files import atomic_write_text, check_output_file
@@ -23,7 +24,7 @@ from rtdetr.data.sample import write_sample
 from rtdetr.errors import SpecError, UserError
 from rtdetr.log import setup_logging
 from rtdetr.tasks.files import check_outputs_not_inputs
-from rtdetr.tasks.quickstart import run_quickstart
+from rtdetr.tasks.quickstart import DEFAULT_PRETRAINED, run_quickstart
 from rtdetr.tasks.runner import Terminated, record_refusal, results_dir_of, run_task
 
 log = logging.getLogger("rtdetr.cli")
@@ -132,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--results-dir", default="rtdetr_quickstart", help="where to write (default: ./rtdetr_quickstart)"
     )
     p.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
+    p.add_argument("--size", type=int, default=320, help="input size, a multiple of 32 (default 320)")
+    p.add_argument(
+        "--pretrained", default=DEFAULT_PRETRAINED, metavar="NAME_OR_FILE",
+        help=f"the COCO checkpoint to fine-tune (default {DEFAULT_PRETRAINED}: from the Hugging Face cache "
+        "or the network); `none`, or one that cannot be had, trains a small model from scratch",
+    )  # fmt: skip
     _common_flags(p, suppress=True)
 
     p = sub.add_parser(
@@ -329,8 +336,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
     if args.epochs < 1:
         raise UserError("--epochs must be at least 1")
-    dirs = run_quickstart(args.results_dir, args.epochs)
+    dirs = run_quickstart(args.results_dir, args.epochs, args.size, args.pretrained)
     train_dir = dirs["train"]
+    start = read_spec_file(Path(args.results_dir) / "quickstart_spec.yaml")["train"]["pretrained_model_path"]
+    print(f"started from: {start or 'random weights (a small model from scratch)'}")
     kpis = [s["kpi"] for s in read_status(train_dir) if "val_mAP50" in s.get("kpi", {})]
     print(f"trained: {train_dir}")
     if kpis:

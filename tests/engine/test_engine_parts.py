@@ -244,6 +244,38 @@ def test_pretrained_model_partial_load_reports_skips(tmp_path, model):
         load_pretrained_model(target, tmp_path / "missing.pth")
 
 
+def test_pretrained_class_rows_are_mapped_by_name(tmp_path):
+    """An 80-class COCO-style checkpoint fine-tuned on classes with COCO names: the rows of the
+    matching names are copied into every class-sized tensor, the others keep their initialisation."""
+    from rtdetr.model.checkpoint import ModelMetadata, save_checkpoint
+
+    section = {k: v for k, v in TINY.items() if k != "num_classes"}
+    coco = ["person", "bicycle", "car", "traffic light", "dog"]
+    torch.manual_seed(1)
+    source = build_model(**{**TINY, "num_classes": 5})
+    save_checkpoint(
+        tmp_path / "coco.pth", source, ModelMetadata(model=section, num_classes=5, class_names=coco)
+    )
+    torch.manual_seed(2)
+    target = build_model(**{**TINY, "num_classes": 4})
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    ours = ["Dog", "class_1", "traffic_light", "zebra"]  # class_1: an unnamed logit index matches nothing
+    report = load_pretrained_model(target, tmp_path / "coco.pth", class_names=ours)
+    theirs, after = source.state_dict(), target.state_dict()
+    class_tensors = [k for k in after if "score_head" in k or "denoising_class_embed" in k]
+    assert class_tensors and sorted(report.mapped) == sorted(class_tensors)
+    assert not report.mismatched
+    for name in class_tensors:
+        assert torch.equal(after[name][0], theirs[name][4])  # Dog <- dog
+        assert torch.equal(after[name][2], theirs[name][3])  # traffic_light <- traffic light
+        assert torch.equal(after[name][1], before[name][1]) and torch.equal(after[name][3], before[name][3])
+    embed = "decoder.denoising_class_embed.weight"
+    assert torch.equal(after[embed][-1], theirs[embed][-1])  # the mask token
+    plain = build_model(**{**TINY, "num_classes": 4})
+    unmatched = load_pretrained_model(plain, tmp_path / "coco.pth", class_names=["a", "b", "c", "d"])
+    assert not unmatched.mapped and len(unmatched.mismatched) == len(class_tensors)
+
+
 def test_freeze_and_activation_checkpointing():
     net = build_model(**TINY)
     freeze(net, ["encoder"])

@@ -14,6 +14,7 @@ from huggingface_hub import constants
 from safetensors.torch import save_file
 from test_checkpoint_convert import _tiny_hf  # tests/model/test_checkpoint_convert.py
 
+from rtdetr.config import load_spec
 from rtdetr.data.sample import write_sample
 from rtdetr.deploy.detector import Detector
 from rtdetr.errors import UserError
@@ -171,3 +172,23 @@ def test_a_name_that_is_not_cached_offline_is_one_line_and_nothing_is_written(
         hub.resolve("hf://test/tiny-v2", "inference.checkpoint")
     result = cli("download", "hf://test/tiny-rtdetr")
     assert result.code == 0 and f"test--tiny-rtdetr--{COMMIT}.pth" in result.out
+
+
+def test_quickstart_fine_tunes_a_name_it_can_have_and_else_trains_from_scratch(offline_hub, tmp_path):
+    from rtdetr.tasks.quickstart import pretrained_weights, quickstart_spec
+
+    weights, why = pretrained_weights("hf://test/tiny-rtdetr")
+    assert weights is not None and weights.is_file() and why == ""
+    spec = quickstart_spec(tmp_path, 2, 192, weights)
+    model = load_model(weights).metadata.model
+    assert (
+        spec["model"]["hidden_dim"] == model["hidden_dim"]
+        and spec["model"]["dec_layers"] == model["dec_layers"]
+    )
+    assert spec["train"]["pretrained_model_path"] == str(weights) and spec["train"]["optim"]["lr"] == 1e-4
+    assert spec["dataset"]["augmentation"]["multi_scales"] == [160, 192, 224, 256]
+    load_spec(spec, action="train")
+    missing, why = pretrained_weights("hf://test/absent")
+    assert missing is None and "rtdetr download hf://test/absent" in why
+    scratch = quickstart_spec(tmp_path, 2)
+    assert scratch["train"]["pretrained_model_path"] is None and scratch["model"]["hidden_dim"] == 128

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)  # in the model, not in the file
     unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
     mismatched: list[str] = field(default_factory=list)  # same name, other shape
+    mapped: list[str] = field(default_factory=list)  # class tensors rebuilt from the rows of matching names
 
 
 def read_model_state(model: nn.Module, path: str | os.PathLike, field: str) -> dict[str, torch.Tensor]:
@@ -84,17 +86,78 @@ def architecture_differences(path: str | os.PathLike, section: dict, num_classes
     return f"; the checkpoint's model has {', '.join(diffs[:4])}" if diffs else ""
 
 
+def checkpoint_class_names(path: str | os.PathLike) -> list[str] | None:
+    """The class names stored with a checkpoint of ours (None for other files)."""
+    data = torch_load_weights(path, "train.pretrained_model_path")
+    meta = data.get("rtdetr") if isinstance(data, dict) else None
+    names = meta.get("class_names") if isinstance(meta, dict) else None
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
+def _class_key(name: str) -> str:
+    """A class name compared case-, "_"- and "-"-blind; "" for the filler names of unnamed logit
+    indices (``class_3``), which match nothing."""
+    if re.fullmatch(r"class_\d+", name.strip()):
+        return ""
+    return " ".join(name.replace("_", " ").replace("-", " ").lower().split())
+
+
+def map_class_rows(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], theirs: Sequence[str],
+                   ours: Sequence[str]) -> dict[str, list[str]]:  # fmt: skip
+    """Class-sized tensors of another class count, rebuilt for ``own``'s classes: the rows of the
+    classes whose names match (case, "_" and "-" aside; e.g. a COCO checkpoint's "person" and "car")
+    are copied from ``state``, the others keep ``own``'s initialisation; the denoising embedding's
+    last row (the mask token) is copied too. Returns {tensor name: [matched class names]}; the
+    rebuilt tensors are put in ``state``."""
+    index = {}
+    for j, name in enumerate(theirs):
+        if _class_key(name):
+            index.setdefault(_class_key(name), j)
+    pairs = [(i, index[_class_key(n)]) for i, n in enumerate(ours) if _class_key(n) in index]
+    mapped: dict[str, list[str]] = {}
+    if not pairs:
+        return mapped
+    for name, value in list(state.items()):
+        target = own.get(name)
+        if target is None or target.shape == value.shape or not any(c in name for c in CLASS_TENSORS):
+            continue
+        if target.shape[1:] != value.shape[1:]:
+            continue
+        extra = 1 if "denoising_class_embed" in name else 0  # the mask token after the classes
+        if value.shape[0] - extra != len(theirs) or target.shape[0] - extra != len(ours):
+            continue
+        rows = target.clone()
+        for i, j in pairs:
+            rows[i] = value[j]
+        if extra:
+            rows[-1] = value[-1]
+        state[name] = rows
+        mapped[name] = [ours[i] for i, _ in pairs]
+    return mapped
+
+
 def load_pretrained_model(model: nn.Module, path: str | os.PathLike, section: dict | None = None,
-                          num_classes: int | None = None) -> LoadReport:  # fmt: skip
+                          num_classes: int | None = None, class_names: Sequence[str] | None = None
+                          ) -> LoadReport:  # fmt: skip
     """Load every tensor of a checkpoint whose name and shape match; report what was skipped.
 
     Takes the files of :func:`read_model_state`. The class heads may differ (another number of
-    classes: they keep their initialisation); with the spec's model ``section``, a checkpoint of
-    ours whose other tensors do not fit is refused in one line naming the fields that differ.
+    classes): with ``class_names`` (the run's, by logit index) and a checkpoint of ours that stores
+    its own, the rows of the classes whose names match are copied (:func:`map_class_rows`), the
+    other rows keep their initialisation. With the spec's model ``section``, a checkpoint of ours
+    whose other tensors do not fit is refused in one line naming the fields that differ.
     """
     state = read_model_state(model, path, "train.pretrained_model_path")
     own = model.state_dict()
     report = LoadReport()
+    theirs = checkpoint_class_names(path) if class_names else None
+    if theirs:
+        for name, matched in map_class_rows(state, own, theirs, list(class_names)).items():
+            report.mapped.append(name)
+            log.info(
+                "pretrained model %s: %s: rows of %d classes matched by name (%s%s), the others re-initialised",
+                path, name, len(matched), ", ".join(matched[:6]), " ..." if len(matched) > 6 else "",
+            )  # fmt: skip
     usable = {}
     for name, value in state.items():
         if name not in own:

@@ -154,9 +154,8 @@ def build_module(cfg: ExperimentConfig, data: TrainingData, task: str = "train")
         )
     backbone_prefixes(model, cfg.model.backbone_names)  # a name that matches nothing: refused before training
     if cfg.train.pretrained_model_path:
-        load_pretrained_model(
-            model, cfg.train.pretrained_model_path, spec_to_dict(cfg.model), cfg.dataset.num_classes
-        )
+        load_pretrained_model(model, cfg.train.pretrained_model_path, spec_to_dict(cfg.model),
+                              cfg.dataset.num_classes, data.class_names)  # fmt: skip
     teacher = build_teacher(cfg, cfg.dataset.num_classes) if task == "distill" else None
     if teacher is not None and cfg.model.load_teacher_enc_dec:
         copy_encoder_decoder(model, teacher)
