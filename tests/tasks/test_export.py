@@ -18,7 +18,7 @@ import torch
 from rtdetr import Detector
 from rtdetr.common import files as fileio
 from rtdetr.common.status import read_status
-from rtdetr.deploy import OnnxBackend, TorchBackend
+from rtdetr.deploy import OnnxBackend, OpenVinoBackend, TorchBackend
 from rtdetr.deploy.export import class_zero_is_real, read_onnx_metadata
 from rtdetr.model.checkpoint import ModelMetadata, load_model
 
@@ -178,13 +178,15 @@ def test_output_paths_opsets_and_sizes_that_cannot_work_are_one_line(cli, untrai
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_evaluate_and_inference_run_the_onnx_file_with_the_checkpoints_results(
-    cli, task_spec, exported, tmp_path
+    cli, task_spec, exported, tmp_path, runtime
 ):
     spec = task_spec(inference={"conf_threshold": 0.3})
     runs = {}
     for name, model in (("pth", None), ("onnx", str(exported))):
-        extra = [f"evaluate.trt_engine={model}", f"inference.trt_engine={model}"] if model else []
+        extra = [f"evaluate.trt_engine={model}", f"inference.trt_engine={model}", f"evaluate.runtime={runtime}",
+                 f"inference.runtime={runtime}"] if model else []  # fmt: skip
         for task in ("evaluate", "inference"):
             result = cli(task, "-e", spec, f"{task}.results_dir={tmp_path / name / task}", *extra)
             assert result.code == 0, result.err
@@ -212,7 +214,9 @@ def test_model_files_under_other_names_and_empty_ones(untrained_exported, tmp_pa
 
     renamed = tmp_path / "model_without_suffix"
     shutil.copy(exported, renamed)
-    assert isinstance(Detector.from_file(renamed, device="cpu").backend, OnnxBackend)  # recognised by content
+    # recognised by content, by either runtime
+    assert isinstance(Detector.from_file(renamed, device="cpu", runtime="onnxruntime").backend, OnnxBackend)
+    assert isinstance(Detector.from_file(renamed, device="cpu", runtime="openvino").backend, OpenVinoBackend)
     with pytest.raises(
         UserError, match=r"an ONNX model, not a checkpoint: run it as evaluate.trt_engine"
     ) as err:

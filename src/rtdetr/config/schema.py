@@ -528,6 +528,18 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------------- evaluate / inference
+def runtime_field():
+    """evaluate.runtime and inference.runtime."""
+    return spec_field(
+        "auto",
+        "The runtime of an ONNX file (trt_engine): onnxruntime, openvino (the CPU; an OpenVINO IR .xml "
+        "always runs there), or auto: OpenVINO when it is installed and the model runs on the CPU, else "
+        "ONNX Runtime.",
+        valid_options=("auto", "onnxruntime", "openvino"),
+        note="Not in TAO. OpenVINO is the extra `pip install 'rtdetr[openvino]'`.",
+    )
+
+
 @dataclass
 class EvaluateConfig:
     """Configurable parameters to construct the evaluator for a RT-DETR experiment."""
@@ -544,9 +556,10 @@ class EvaluateConfig:
     )  # fmt: skip
     trt_engine: str | None = spec_field(
         None,
-        "Path to an exported model (.onnx, run with ONNX Runtime, or a TensorRT .engine) to evaluate "
-        "in place of the checkpoint.",
+        "Path to an exported model (.onnx, run with ONNX Runtime or OpenVINO, an OpenVINO IR .xml, or a "
+        "TensorRT .engine) to evaluate in place of the checkpoint.",
     )
+    runtime: str = runtime_field()
     conf_threshold: float = spec_field(
         0.0,
         "The value of the confidence threshold to be used when filtering out the final list of boxes.",
@@ -562,9 +575,10 @@ class InferenceConfig:
     results_dir: str | None = spec_field(None, "Path to the location where the results are stored.")
     trt_engine: str | None = spec_field(
         None,
-        "Path to an exported model (.onnx, run with ONNX Runtime, or a TensorRT .engine) to run in "
-        "place of the checkpoint.",
+        "Path to an exported model (.onnx, run with ONNX Runtime or OpenVINO, an OpenVINO IR .xml, or a "
+        "TensorRT .engine) to run in place of the checkpoint.",
     )
+    runtime: str = runtime_field()
     color_map: dict[str, str] = spec_field(
         {}, "Class-wise dictionary with colors (names or hex) to render boxes.", value_type="collection"
     )
@@ -708,10 +722,22 @@ class GenTrtEngineConfig:
 # ------------------------------------------------------------------------------------- quantize
 @dataclass
 class QuantizeConfig:
-    """CPU INT8: ONNX Runtime static quantization of an exported model, calibrated on images."""
+    """CPU INT8: static quantization of an exported model, calibrated on images, by ONNX Runtime or by
+    NNCF for OpenVINO."""
 
     onnx_file: str = spec_field(MISSING_VALUE, "The exported FP32 ONNX model (from rtdetr export).")
-    output_file: str = spec_field(MISSING_VALUE, "The INT8 ONNX model to write.")
+    output_file: str = spec_field(
+        MISSING_VALUE, "The INT8 model to write: an ONNX file, or with backend openvino an OpenVINO IR NAME.xml "
+        "(its weights in NAME.bin beside it).",
+    )  # fmt: skip
+    backend: str = spec_field(
+        "onnxruntime",
+        "Who quantizes: onnxruntime (an INT8 ONNX file for ONNX Runtime) or openvino (NNCF; an INT8 "
+        "OpenVINO IR, the fastest on Intel and AMD CPUs). calibration_method, per_channel, reduce_range "
+        "and op_types are ONNX Runtime's; NNCF uses its transformer scheme.",
+        valid_options=("onnxruntime", "openvino"),
+        note="Not in TAO. openvino needs the extra `pip install 'rtdetr[openvino]'`.",
+    )
     results_dir: str | None = spec_field(None, "Path to the location where the logs and status are stored.")
     cal_image_dir: list[str] = spec_field(
         [], "Calibration images: folders, files or glob patterns (images like those the model will see)."

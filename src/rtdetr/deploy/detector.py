@@ -104,24 +104,33 @@ class Detector:
 
     @classmethod
     def from_file(
-        cls, path: str | os.PathLike, device: str | torch.device | None = None, **kwargs
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device | None = None,
+        runtime: str = "auto",
+        **kwargs,
     ) -> Detector:
-        """A Detector for any model file rtdetr.deploy.load_backend runs."""
+        """A Detector for any model file rtdetr.deploy.load_backend runs; ``runtime`` picks that of an
+        ONNX file: ``onnxruntime``, ``openvino`` or ``auto`` (OpenVINO on the CPU when installed)."""
 
-        return cls(load_backend(path, device=device), **kwargs)
+        return cls(load_backend(path, device=device, runtime=runtime), **kwargs)
 
     @classmethod
     def from_pretrained(
-        cls, name: str | os.PathLike, device: str | torch.device | None = None, **kwargs
+        cls,
+        name: str | os.PathLike,
+        device: str | torch.device | None = None,
+        runtime: str = "auto",
+        **kwargs,
     ) -> Detector:
         """A Detector for a hub name (``hf://ORG/REPO[@REVISION]``, rtdetr.model.hub: downloaded or
         taken from the cache, converted once) or any model file ``from_file`` takes."""
-        return cls.from_file(hub.local_path(name, "model"), device=device, **kwargs)
+        return cls.from_file(hub.local_path(name, "model"), device=device, runtime=runtime, **kwargs)
 
     def reuse_host_memory(self) -> None:
         """For a process that runs many batches: a PyTorch model on the CPU keeps freed activation
         memory for reuse instead of faulting it in again every batch (rtdetr.cpu.host_memory; ONNX
-        Runtime and TensorRT have arenas of their own)."""
+        Runtime, OpenVINO and TensorRT have arenas of their own)."""
         if isinstance(self.backend, TorchBackend) and self.backend.device.type == "cpu":
             host_memory.keep_freed_host_memory()
 

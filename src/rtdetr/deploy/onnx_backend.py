@@ -89,17 +89,28 @@ class OnnxBackend:
         self.name = f"onnxruntime ({self.session.get_providers()[0]})"
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
-        if self.batch_size is None or len(array) == self.batch_size:
-            logits, boxes = self.session.run(["pred_logits", "pred_boxes"], {"inputs": array})
-            return torch.from_numpy(logits), torch.from_numpy(boxes)
-        parts = []
-        for start in range(0, len(array), self.batch_size):
-            chunk = array[start : start + self.batch_size]
-            count = len(chunk)
-            if count < self.batch_size:  # pad the last chunk to the fixed batch with copies
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - count, 0)])
-            logits, boxes = self.session.run(["pred_logits", "pred_boxes"], {"inputs": chunk})
-            parts.append((logits[:count], boxes[:count]))
-        return (torch.from_numpy(np.concatenate([p[0] for p in parts])),
-                torch.from_numpy(np.concatenate([p[1] for p in parts])))  # fmt: skip
+        return run_in_batches(
+            lambda array: self.session.run(["pred_logits", "pred_boxes"], {"inputs": array}),
+            images,
+            self.batch_size,
+        )
+
+
+def run_in_batches(run, images: torch.Tensor, batch_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``run`` (float32 array [B, 3, H, W] -> (logits, boxes) arrays) over ``images``: at once when the
+    model's batch is dynamic (None) or equal, else in chunks of ``batch_size``, the last one padded
+    with copies of its last image (their outputs dropped)."""
+    array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+    if batch_size is None or len(array) == batch_size:
+        logits, boxes = run(array)
+        return torch.from_numpy(np.asarray(logits)), torch.from_numpy(np.asarray(boxes))
+    parts = []
+    for start in range(0, len(array), batch_size):
+        chunk = array[start : start + batch_size]
+        count = len(chunk)
+        if count < batch_size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - count, 0)])
+        logits, boxes = run(chunk)
+        parts.append((np.asarray(logits)[:count], np.asarray(boxes)[:count]))
+    return (torch.from_numpy(np.concatenate([p[0] for p in parts])),
+            torch.from_numpy(np.concatenate([p[1] for p in parts])))  # fmt: skip

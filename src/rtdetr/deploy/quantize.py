@@ -32,7 +32,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from rtdetr.common.files import atomic_write, check_output_file
 from rtdetr.deploy.calibration import calibration_batches, calibration_images
-from rtdetr.deploy.export import METADATA_KEY, inspect_onnx
+from rtdetr.deploy.export import METADATA_KEY, OnnxModelInfo, inspect_onnx
 from rtdetr.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,28 @@ def _check_op_types(op_types: Sequence[str], field: str) -> None:
         )
 
 
+def quantizable_onnx(source: Path, output: Path, overwrite: bool, section: str) -> OnnxModelInfo:
+    """The metadata of ``source``, an FP32 raw-output export of a fixed input size that may be
+    quantized to ``output``; one-line UserError otherwise (checked before any work)."""
+    info = inspect_onnx(source, f"{section}.onnx_file")
+    check_output_file(
+        output,
+        f"{section}.output_file",
+        overwrite,
+        f"{section}.overwrite",
+        source=(source, f"{section}.onnx_file"),
+    )
+    if info.export_info.get("end_to_end"):
+        raise UserError(
+            f"{section}.onnx_file: {source} is an end-to-end export; quantize the raw-output export"
+        )
+    if info.export_info.get("quantization"):
+        raise UserError(f"{section}.onnx_file: {source} is already quantized")
+    if info.input_size is None:
+        raise UserError(f"{section}.onnx_file: {source}: export with a fixed input_height and input_width")
+    return info
+
+
 def quantize_onnx(
     onnx_file: str | os.PathLike,
     output_file: str | os.PathLike,
@@ -115,28 +137,13 @@ def quantize_onnx(
     missing/foreign input, an existing output (unless ``overwrite``), or too few images.
     """
     source, output = Path(onnx_file), Path(output_file)
-    info = inspect_onnx(source, f"{section}.onnx_file")
-    check_output_file(
-        output,
-        f"{section}.output_file",
-        overwrite,
-        f"{section}.overwrite",
-        source=(source, f"{section}.onnx_file"),
-    )
+    info = quantizable_onnx(source, output, overwrite, section)
     _check_op_types(op_types, f"{section}.op_types")
     if calibration_method not in CALIBRATION_METHODS:
         raise UserError(
             f"{section}.calibration_method: {calibration_method!r} is not one of {CALIBRATION_METHODS}"
         )
     meta, export_info = info.metadata, info.export_info
-    if export_info.get("end_to_end"):
-        raise UserError(
-            f"{section}.onnx_file: {source} is an end-to-end export; quantize the raw-output export"
-        )
-    if export_info.get("quantization"):
-        raise UserError(f"{section}.onnx_file: {source} is already quantized")
-    if info.input_size is None:
-        raise UserError(f"{section}.onnx_file: {source}: export with a fixed input_height and input_width")
     model = onnx.load(str(source))
     batch = info.batch or 1
     field = f"{section}.cal_image_dir"

@@ -27,7 +27,7 @@ def files(cfg: ExperimentConfig) -> TaskFiles:
 def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger) -> dict:
     ev, d = cfg.evaluate, cfg.dataset
     detector = Detector.from_file(
-        model_file(cfg, "evaluate"), input_size=input_size(cfg, "evaluate"),
+        model_file(cfg, "evaluate"), runtime=cfg.evaluate.runtime, input_size=input_size(cfg, "evaluate"),
         preserve_aspect_ratio=d.augmentation.preserve_aspect_ratio, num_select=cfg.model.num_select,
     )  # fmt: skip
     detector.reuse_host_memory()

@@ -35,7 +35,7 @@ def run(cfg: ExperimentConfig, results_dir: Path, status: StatusLogger):
     source = d.infer_data_sources
     inputs = list_inputs(list(source.image_dir))
     detector = Detector.from_file(
-        model_file(cfg, "inference"), input_size=input_size(cfg, "inference"),
+        model_file(cfg, "inference"), runtime=cfg.inference.runtime, input_size=input_size(cfg, "inference"),
         preserve_aspect_ratio=d.augmentation.preserve_aspect_ratio, num_select=cfg.model.num_select,
     )  # fmt: skip
     detector.reuse_host_memory()
