@@ -32,7 +32,7 @@ FIELD_CASES = {
     "teacher rules": ({"distill": {"teacher": {"feat_strides": [8, 16]}}}, [], "distill.teacher.num_feature_levels:"),
     "spatial size": ({"dataset": {"augmentation": {"eval_spatial_size": [640, 650]}}}, [], "dataset.augmentation.eval_spatial_size: [640, 650]: each side must be a positive multiple of 32"),
     "adamw momentum": ({"train": {"optim": {"momentum": 1.0}}}, [], "train.optim.momentum: value 1.0: AdamW's momentum (its beta1) must be below 1"),
-    "frozen_fm": ({"model": {"frozen_fm": {"enabled": True}}}, [], "model.frozen_fm.enabled: Frozen RT-DETR (a RADIO foundation model beside the backbone) is not available"),
+    "frozen_fm size": ({"model": {"frozen_fm": {"enabled": True}}, "dataset": {"augmentation": {"eval_spatial_size": [672, 672]}}}, [], "dataset.augmentation.eval_spatial_size: [672, 672]: with model.frozen_fm each side must be a multiple of 64"),
     "trt batch order": ({"gen_trt_engine": {"tensorrt": {"opt_batch_size": 8}}}, [], "gen_trt_engine.tensorrt.opt_batch_size: batch sizes must satisfy"),
     "bad override value": ({}, ["train.num_epochs=[1"], "override 'train.num_epochs=[1': value is not valid YAML"),
     "override without =": ({}, ["train.num_epochs"], "override 'train.num_epochs': expected key=value"),
@@ -51,6 +51,12 @@ def test_bad_spec_one_line_exit_2(cli, write_spec, case):
     assert expected in result.error_lines[0]
     if not case.startswith(("bad override", "override without")):
         assert result.error_lines[0].startswith(f"error: {spec}: ")
+
+
+def test_frozen_fm_at_640_validates(cli, write_spec):
+    spec = write_spec({"model": {"frozen_fm": {"enabled": True, "backbone": "radio_v2-b"}},
+                       "dataset": {"augmentation": {"train_spatial_size": [640, 640], "eval_spatial_size": [640, 640]}}})  # fmt: skip
+    assert cli("validate", "-e", spec, "export.input_width=640").code == 0
 
 
 def test_all_problems_reported_together(cli, write_spec):

@@ -333,13 +333,22 @@ def _optim(cfg: ExperimentConfig, ok: Callable[..., bool]) -> Iterator[Problem]:
         )
 
 
+FM_STRIDE = 64  # frozen_fm's 4th encoder level is at stride 64
+
+
 def _frozen_fm(cfg: ExperimentConfig, ok: Callable[..., bool]) -> Iterator[Problem]:
-    if ok("model.frozen_fm.enabled") and cfg.model.frozen_fm.enabled:
-        yield Problem(
-            "model.frozen_fm.enabled",
-            "Frozen RT-DETR (a RADIO foundation model beside the backbone) is not available in this "
-            "toolkit; set it false",
-        )
+    """With frozen_fm the hybrid encoder's pyramid reaches stride 64: the training and evaluation sizes
+    are multiples of 64 (export, evaluate and inference check theirs against the model they run)."""
+    if not (ok("model.frozen_fm.enabled") and cfg.model.frozen_fm.enabled):
+        return
+    aug = cfg.dataset.augmentation
+    for name in ("train_spatial_size", "eval_spatial_size"):
+        size = getattr(aug, name)
+        if ok(f"dataset.augmentation.{name}") and any(s % FM_STRIDE for s in size):
+            yield Problem(
+                f"dataset.augmentation.{name}",
+                f"{list(size)}: with model.frozen_fm each side must be a multiple of {FM_STRIDE}",
+            )
 
 
 def _results_dir(cfg: ExperimentConfig, ok: Callable[..., bool]) -> Iterator[Problem]:

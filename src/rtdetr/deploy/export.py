@@ -162,6 +162,11 @@ def export_onnx(
         )
     if batch_size == 0 or batch_size < -1:
         raise UserError(f"export.batch_size: {batch_size}; use -1 (dynamic) or a batch size >= 1")
+    if getattr(model, "frozen_fm", None) is not None and (height % 64 or width % 64):
+        raise UserError(
+            f"export.input_height, input_width: {height}x{width}: a model with a frozen foundation model "
+            "(model.frozen_fm) takes sides that are multiples of 64"
+        )
     net = copy.deepcopy(model).to(device).eval()
     if hasattr(net, "deploy"):
         net.deploy()

@@ -59,9 +59,11 @@ def build_training_data(cfg: ExperimentConfig, results_dir: Path, world_size: in
     )
     seed = cfg.train.seed
     common = {"workers": d.workers, "pin_memory": d.pin_memory, "seed": seed, "world_size": world_size}
-    train_loader = make_loader(
-        train_set, batch_size=d.batch_size, train=True, scales=list(aug.multi_scales), **common
-    )
+    scales = list(aug.multi_scales)
+    if cfg.model.frozen_fm.enabled and scales:  # as TAO: the foundation model sees one size
+        log.info("model.frozen_fm: multi-scale training is off (dataset.augmentation.multi_scales ignored)")
+        scales = []
+    train_loader = make_loader(train_set, batch_size=d.batch_size, train=True, scales=scales, **common)
     val_loader = make_loader(val_set, batch_size=d.batch_size, train=False, **common)
     label_to_category = val_source.label_to_category
     return TrainingData(

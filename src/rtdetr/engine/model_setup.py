@@ -59,6 +59,7 @@ def read_model_state(model: nn.Module, path: str | os.PathLike, field: str) -> d
 # build_model arguments that do not change the tensors a model holds
 NOT_IN_WEIGHTS = {
     "pretrained_backbone_path",
+    "frozen_fm_checkpoint",
     "train_backbone",
     "aux_loss",
     "label_noise_ratio",

@@ -129,6 +129,7 @@ def estimate_model_size(model_section: Mapping[str, Any], num_classes: int) -> M
 
     kwargs = factory.model_kwargs(dict(model_section), num_classes)
     kwargs.pop("pretrained_backbone_path", None)
+    kwargs.pop("frozen_fm_checkpoint", None)
     return _meta_size(tuple(sorted((k, _frozen(v)) for k, v in kwargs.items())))
 
 

@@ -59,8 +59,9 @@ def build_from_metadata(
     memory (``training``: with its gradients and AdamW moments)."""
     check_model_budget(meta.model, meta.num_classes, training=training)
     kwargs = model_kwargs(meta.model, meta.num_classes)
-    if not load_pretrained_backbone:
+    if not load_pretrained_backbone:  # the weights come from a checkpoint of the whole model
         kwargs.pop("pretrained_backbone_path", None)
+        kwargs.pop("frozen_fm_checkpoint", None)
     try:
         return build_model(**kwargs)
     except ValueError as exc:

@@ -169,25 +169,37 @@ class TransformerDecoder(nn.Module):
         query_pos_head: nn.Module,
         attn_mask: torch.Tensor | None = None,
         num_denoising: int = 0,
+        image_query: torch.Tensor | None = None,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per-layer boxes [B, Q, 4] (normalised cxcywh) and logits [B, Q, C].
 
         Training: every layer; layers > 0 predict from the undetached previous box ("look forward
         twice") while the next layer's reference is detached. Eval: stops at `eval_idx`, returns one.
+        ``image_query`` [B, 1, C] joins every layer's queries last, with the whole image as its
+        reference box, and leaves after the layer (the denoising mask lets every query see it).
         """
         boxes, logits = [], []
         ref_detached = ref_unact.sigmoid()
         ref = ref_detached
+        if image_query is not None:
+            whole = image_query.new_tensor([0.5, 0.5, 1.0, 1.0]).expand(image_query.shape[0], 1, 4)
+            if attn_mask is not None:
+                attn_mask = F.pad(attn_mask, (0, 1, 0, 1), value=False)
         for i, layer in enumerate(self.layers):
+            queries, refs = tgt, ref_detached
+            if image_query is not None:
+                queries, refs = torch.cat([tgt, image_query], 1), torch.cat([ref_detached, whole], 1)
             tgt = layer(
-                tgt,
-                ref_detached[:, :, None],
+                queries,
+                refs[:, :, None],
                 memory,
                 spatial_shapes,
                 attn_mask,
-                query_pos_head(ref_detached),
+                query_pos_head(refs),
                 num_denoising,
             )
+            if image_query is not None:
+                tgt = tgt[:, :-1]
             delta = bbox_heads[i](tgt)
             new_ref = (delta + inverse_sigmoid(ref_detached)).sigmoid()
             if self.training:
@@ -224,6 +236,7 @@ class RTDETRDecoder(nn.Module):
         box_noise_scale: float = 1.0,
         eval_idx: int = -1,
         aux_loss: bool = True,
+        summary_dim: int | None = None,
     ):
         super().__init__()
         if num_levels < len(feat_channels):
@@ -268,6 +281,10 @@ class RTDETRDecoder(nn.Module):
         self.dec_bbox_head = nn.ModuleList(
             MLP(hidden_dim, hidden_dim, 4, num_layers=3) for _ in range(num_layers)
         )
+        # a frozen foundation model's image summary -> one extra query in every decoder layer
+        self.summary_proj = (
+            nn.Sequential(nn.Linear(summary_dim, hidden_dim), nn.LayerNorm(hidden_dim)) if summary_dim else None
+        )
         self._reset_parameters()
 
     def _proj(self, ch_in: int, kernel_size: int, stride: int) -> nn.Sequential:
@@ -311,9 +328,13 @@ class RTDETRDecoder(nn.Module):
         feats: list[torch.Tensor],
         targets: list[dict[str, torch.Tensor]] | None = None,
         features: dict[str, object] | None = None,
+        summary: torch.Tensor | None = None,
     ) -> dict:
         """feats: encoder maps [B, C_i, H_i, W_i]; targets (training, for denoising): per image
-        "labels" [N] int64 and "boxes" [N, 4] normalised cxcywh.
+        "labels" [N] int64 and "boxes" [N, 4] normalised cxcywh; summary [B, summary_dim]: a frozen
+        foundation model's image summary (with ``summary_dim``), appended through ``summary_proj``
+        as one query (reference box: the whole image) to every decoder layer's queries and removed
+        after the layer.
 
         Returns `pred_logits` [B, Q, num_classes] (raw logits) and `pred_boxes` [B, Q, 4] (normalised
         cxcywh) of the final layer in training and of layer `eval_idx` in eval. In training also:
@@ -387,6 +408,11 @@ class RTDETRDecoder(nn.Module):
             tgt = torch.cat([dn.embeds, tgt], 1)
             attn_mask, num_denoising = dn.attn_mask, dn.meta["dn_num_split"][0]
 
+        image_query = None
+        if self.summary_proj is not None:
+            if summary is None:
+                raise ValueError("this decoder takes the frozen foundation model's summary")
+            image_query = self.summary_proj(summary)[:, None]
         boxes, logits = self.decoder(
             tgt,
             ref_unact.detach(),
@@ -397,6 +423,7 @@ class RTDETRDecoder(nn.Module):
             self.query_pos_head,
             attn_mask,
             num_denoising,
+            image_query,
         )
         if not self.training:
             return {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}

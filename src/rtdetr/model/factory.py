@@ -10,6 +10,7 @@ from pathlib import Path
 from rtdetr.model.backbones import build_backbone
 from rtdetr.model.decoder import RTDETRDecoder
 from rtdetr.model.encoder import HybridEncoder
+from rtdetr.model.radio import FrozenFoundationModel, build_radio, load_radio
 from rtdetr.model.rtdetr import RTDETR
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ def build_model(
     freeze_norm: bool | None = None,
     freeze_at: int | None = None,
     pe_order: str = "w_major",
+    frozen_fm: str | None = None,
+    frozen_fm_checkpoint: str | Path | None = None,
 ) -> RTDETR:
     """Build RT-DETR. Defaults are TAO's (resnet_50, 300 queries, 3 levels, 6 decoder layers).
 
@@ -60,6 +63,9 @@ def build_model(
     backbone. `train_backbone=False` freezes all backbone parameters. `freeze_norm`/`freeze_at`
     default to the backbone variant's own (see `build_backbone`). `pe_order` chooses the AIFI
     position-embedding layout ("w_major" = original RT-DETR/TAO, "h_major" = transformers >= 5).
+    `frozen_fm` (radio_v2-b, -l or -h) adds the frozen foundation model (rtdetr.model.radio): its
+    features are the encoder's 4th level (dropped before the decoder) and its summary an extra
+    query in every decoder layer; `frozen_fm_checkpoint` is its weights file.
     """
     encoder_hidden_dim = encoder_hidden_dim or hidden_dim
     net = build_backbone(
@@ -84,9 +90,15 @@ def build_model(
     if not train_backbone:
         net.requires_grad_(False)
 
+    foundation = None
+    if frozen_fm:
+        foundation = FrozenFoundationModel(build_radio(frozen_fm))
+        if frozen_fm_checkpoint:
+            load_radio(foundation.radio, frozen_fm_checkpoint)
+    extra_channels, extra_strides = ([foundation.width], [2 * net.out_strides[-1]]) if foundation else ([], [])
     encoder = HybridEncoder(
-        in_channels=net.out_channels,
-        feat_strides=net.out_strides,
+        in_channels=net.out_channels + extra_channels,
+        feat_strides=net.out_strides + extra_strides,
         hidden_dim=encoder_hidden_dim,
         nhead=nheads,
         dim_feedforward=dim_feedforward,
@@ -104,7 +116,7 @@ def build_model(
         num_classes=num_classes,
         hidden_dim=hidden_dim,
         num_queries=num_queries,
-        feat_channels=encoder.out_channels,
+        feat_channels=encoder.out_channels[:num_maps],
         feat_strides=net.out_strides,
         num_levels=num_feature_levels,
         num_points=num_points,
@@ -118,8 +130,9 @@ def build_model(
         box_noise_scale=box_noise_scale,
         eval_idx=eval_idx,
         aux_loss=aux_loss,
+        summary_dim=foundation.summary_dim if foundation else None,
     )
-    model = RTDETR(net, encoder, decoder)
+    model = RTDETR(net, encoder, decoder, foundation)
     logger.debug(
         "built RT-DETR %s: %.1fM parameters", backbone, sum(p.numel() for p in model.parameters()) / 1e6
     )
@@ -129,6 +142,10 @@ def build_model(
 def model_kwargs(model_section: dict, num_classes: int) -> dict:
     """The keyword arguments of ``build_model`` taken from a spec's model section."""
     params = inspect.signature(build_model).parameters
-    kwargs = {k: v for k, v in model_section.items() if k in params}
+    kwargs = {k: v for k, v in model_section.items() if k in params and k != "frozen_fm"}
+    fm = model_section.get("frozen_fm") or {}
+    if isinstance(fm, dict) and fm.get("enabled"):
+        kwargs["frozen_fm"] = fm.get("backbone", "radio_v2-l")
+        kwargs["frozen_fm_checkpoint"] = fm.get("checkpoint")
     kwargs["num_classes"] = num_classes
     return kwargs

@@ -201,3 +201,31 @@ def load_radio(model: Radio, path: str | os.PathLike, field: str = "model.frozen
             "give the checkpoint of model.frozen_fm.backbone"
         )
     model.load_state_dict({k: state[k] for k in own}, strict=True)
+
+
+class FrozenFoundationModel(nn.Module):
+    """The frozen_fm branch: images [B, 3, H, W] RGB in [0, 1] (H, W multiples of 64) -> (summary
+    [B, 3D], features [B, D, H/64, W/64]). The image is normalised with CLIP's mean and std and
+    halved (nearest), RADIO runs without gradients (its patches are then at stride 32 of the
+    image), and its features are max-pooled to stride 64: the hybrid encoder's 4th level."""
+
+    def __init__(self, radio: Radio):
+        super().__init__()
+        self.radio = radio
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def width(self) -> int:
+        return self.radio.width
+
+    @property
+    def summary_dim(self) -> int:
+        return self.radio.summary_dim
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        x = F.interpolate(x, scale_factor=0.5, mode="nearest")
+        with torch.no_grad():
+            summary, features = self.radio(x)
+        return summary, F.max_pool2d(features, 2)

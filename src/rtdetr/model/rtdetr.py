@@ -17,16 +17,20 @@ class RTDETR(nn.Module):
     `RTDETRDecoder.forward`. `targets` (training only, for denoising): per image "labels" [N] int64
     and "boxes" [N, 4] normalised cxcywh. H and W should be multiples of 32 (any size runs).
 
+    With a frozen foundation model (`frozen_fm`, rtdetr.model.radio), H and W are multiples of 64.
+
     `features`, when a dict is given, receives the intermediate tensors that distillation compares
     (see `HybridEncoder.forward` and `RTDETRDecoder.forward`); with None (the default) nothing is
     recorded, so outputs and exported graphs are those of the plain call.
     """
 
-    def __init__(self, backbone: nn.Module, encoder: nn.Module, decoder: nn.Module):
+    def __init__(self, backbone: nn.Module, encoder: nn.Module, decoder: nn.Module,
+                 frozen_fm: nn.Module | None = None):  # fmt: skip
         super().__init__()
         self.backbone = backbone
         self.encoder = encoder
         self.decoder = decoder
+        self.frozen_fm = frozen_fm
 
     def forward(
         self,
@@ -34,8 +38,16 @@ class RTDETR(nn.Module):
         targets: list[dict[str, torch.Tensor]] | None = None,
         features: dict[str, object] | None = None,
     ) -> dict:
-        maps = self.encoder(self.backbone(images), features=features)
-        return self.decoder(maps, targets, features=features)
+        if self.frozen_fm is None:
+            maps = self.encoder(self.backbone(images), features=features)
+            return self.decoder(maps, targets, features=features)
+        # the foundation model's features: a 4th encoder level, dropped before the decoder; its
+        # summary: an extra query in every decoder layer
+        summary, extra = self.frozen_fm(images)
+        maps = self.encoder([*self.backbone(images), extra], features=features)[:-1]
+        if features is not None:  # distillation compares the backbone's levels
+            features["srcs"], features["dsrcs"] = features["srcs"][:-1], features["dsrcs"][:-1]
+        return self.decoder(maps, targets, features=features, summary=summary)
 
     def deploy(self) -> RTDETR:
         """Switch to eval mode and fuse for inference; irreversible, and the state dict changes.

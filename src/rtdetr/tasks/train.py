@@ -24,6 +24,8 @@ def files(cfg: ExperimentConfig) -> TaskFiles:
     inputs["train.pretrained_model_path"] = t.pretrained_model_path
     inputs["train.resume_training_checkpoint_path"] = t.resume_training_checkpoint_path
     inputs["model.pretrained_backbone_path"] = cfg.model.pretrained_backbone_path
+    if cfg.model.frozen_fm.enabled:
+        inputs["model.frozen_fm.checkpoint"] = cfg.model.frozen_fm.checkpoint
     return TaskFiles(inputs=inputs, owned=OWNED)
 
 
