@@ -328,6 +328,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"model: {meta.model['backbone']}, {meta.model['dec_layers']} decoder layers, {meta.num_classes} classes"
     )
     print(f"parameters: {params / 1e6:.2f} M")
+    if model.frozen_fm is not None:
+        fm = model.frozen_fm
+        fm_params = count_parameters(fm)
+        print(
+            f"frozen foundation model: {meta.model['frozen_fm']['backbone']}, {fm_params / 1e6:.2f} M parameters "
+            f"(frozen; {(params - fm_params) / 1e6:.2f} M train), summary {fm.summary_dim}, features {fm.width}"
+        )
     print(f"GFLOPs at {height}x{width}: {flops / 1e9:.1f}")
     return 0
 

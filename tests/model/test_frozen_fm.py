@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+import rtdetr
 from rtdetr.model import budget, radio
 from rtdetr.model.factory import build_model
 from rtdetr.tasks.quickstart import sample_dir
@@ -117,3 +118,35 @@ def test_train_evaluate_and_export_with_a_frozen_fm(tiny_radio, cli, tmp_path):
     result = cli("-q", "export", "-e", path, f"export.checkpoint={checkpoint}", f"export.onnx_file={tmp_path / 'other' / 'x.onnx'}",
                  "export.input_width=160", "export.input_height=128")  # fmt: skip
     assert result.code == 2 and "multiples of 64" in result.err.strip().splitlines()[-1]
+    # the ONNX file takes any batch (dynamic), and quantizes
+    from rtdetr.deploy.backends import load_backend
+
+    images = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        expected = rtdetr.load_model(checkpoint).eval()(images)
+    logits, boxes = load_backend(onnx, device="cpu", runtime="onnxruntime")(images)
+    assert (logits - expected["pred_logits"]).abs().max() <= 1e-4 and (
+        boxes - expected["pred_boxes"]
+    ).abs().max() <= 1e-4
+    result = cli("-q", "quantize", "-e", path, f"quantize.onnx_file={onnx}", f"quantize.output_file={tmp_path / 'int8.onnx'}",
+                 f"quantize.cal_image_dir=[{data / 'images'}]", "quantize.cal_images=4", "quantize.calibration_method=MinMax")  # fmt: skip
+    assert result.code == 0, result.err
+    # a frozen_fm teacher distils into a plain student
+    student = {**spec, "results_dir": str(tmp_path / "distilled"), "model": dict(SMALL)}
+    student["distill"] = {
+        "teacher": spec["model"], "pretrained_teacher_model_path": str(checkpoint),
+        "bindings": [{"teacher_module_name": "srcs", "student_module_name": "srcs", "criterion": "L2"}],
+    }  # fmt: skip
+    (tmp_path / "distill.json").write_text(json.dumps(student))
+    result = cli("-q", "distill", "-e", tmp_path / "distill.json")
+    assert result.code == 0, result.err
+    assert rtdetr.load_model(tmp_path / "distilled" / "distill" / "model_epoch_000.pth").frozen_fm is None
+
+
+def test_info_lists_the_foundation_model(tiny_radio, cli, write_spec):
+    spec = write_spec({"model": {**SMALL, "frozen_fm": {"enabled": True, "backbone": "radio_v2-b"}},
+                       "dataset": {"num_classes": 4, "augmentation": {"eval_spatial_size": [128, 128]}}})  # fmt: skip
+    result = cli("info", "-e", spec)
+    assert result.code == 0, result.err
+    assert "frozen foundation model: radio_v2-b, 1.20 M parameters (frozen;" in result.out
+    assert "summary 192, features 64" in result.out
