@@ -78,8 +78,10 @@ class FrozenFMConfig:
         valid_options=("radio_v2-b", "radio_v2-l", "radio_v2-h"),
     )  # fmt: skip
     checkpoint: str | None = spec_field(
-        None, "The path to the pretrained frozen foundation model checkpoint."
-    )
+        None, "The path to the pretrained frozen foundation model checkpoint.",
+        note="A C-RADIOv2 .safetensors or .pth file the user supplies (docs/frozen_fm.md); with frozen_fm "
+        "the training and evaluation sizes must be multiples of 64.",
+    )  # fmt: skip
 
 
 @dataclass
