@@ -192,3 +192,23 @@ def test_quickstart_fine_tunes_a_name_it_can_have_and_else_trains_from_scratch(o
     assert missing is None and "rtdetr download hf://test/absent" in why
     scratch = quickstart_spec(tmp_path, 2)
     assert scratch["train"]["pretrained_model_path"] is None and scratch["model"]["hidden_dim"] == 128
+
+
+def test_a_frozen_fm_checkpoint_by_name_is_the_repositorys_weights_file(offline_hub):
+    from safetensors.torch import save_file
+
+    from rtdetr.model.radio import build_radio, load_radio
+    from rtdetr.tasks.runner import resolve_hub_names
+
+    tiny = {"width": 32, "depth": 1, "heads": 2, "grid": 8}
+    source = build_radio("radio_v2-b", **tiny)
+    folder = _snapshot(offline_hub, "test/tiny-radio")
+    save_file({f"radio_model.model.{k}": v.contiguous() for k, v in source.state_dict().items()},
+              str(folder / "model.safetensors"))  # fmt: skip
+    cfg = load_spec({"model": {"frozen_fm": {"enabled": True, "backbone": "radio_v2-b",
+                                             "checkpoint": "hf://test/tiny-radio"}}})  # fmt: skip
+    resolve_hub_names(cfg)
+    assert cfg.model.frozen_fm.checkpoint == str(folder / "model.safetensors")
+    target = build_radio("radio_v2-b", **tiny)
+    load_radio(target, cfg.model.frozen_fm.checkpoint)
+    assert all(torch.equal(target.state_dict()[k], v) for k, v in source.state_dict().items())

@@ -138,7 +138,7 @@ def record_refusal(results_dir: Path | None, task: str, exc: UserError) -> None:
 WEIGHT_FIELDS = (
     "model.pretrained_backbone_path", "train.pretrained_model_path", "evaluate.checkpoint",
     "inference.checkpoint", "export.checkpoint", "distill.pretrained_teacher_model_path",
-    "distill.teacher.pretrained_backbone_path",
+    "distill.teacher.pretrained_backbone_path", "model.frozen_fm.checkpoint", "distill.teacher.frozen_fm.checkpoint",
 )  # fmt: skip
 
 
