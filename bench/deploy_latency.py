@@ -45,10 +45,12 @@ from common import argument_parser, check_bccd, command_line, machine, target_ve
 RESULTS = Path(__file__).resolve().parent / "results" / "deploy_latency.json"
 DEFAULT_CHECKPOINT = Path("bench_runs/bccd/train/rtdetr_model_latest.pth")  # bench/train_bccd.py writes it
 VARIANTS = ("pytorch", "ort_fp32", "ort_int8", "ov_fp32", "ov_int8", "transformers")
+ULTRALYTICS_VARIANTS = ("ul_ort_fp32", "ul_ov_fp32")  # with --ultralytics
 # the deployed files of each variant, and the runtime evaluate runs them with
 DEPLOYED = {"ort_fp32": ("fp32", "onnxruntime"), "ort_int8": ("int8", "onnxruntime"),
             "ov_fp32": ("fp32", "openvino"), "ov_int8": ("ov_int8", "openvino")}  # fmt: skip
 FP32_TARGET, INT8_TARGET, MAP50_LOSS = 0.7, 0.5, 0.01
+ULTRALYTICS_TARGET = 0.9  # our best FP32 CPU path against ultralytics' best, the same model class (R50)
 
 
 def random_checkpoint(arch: str, folder: Path) -> Path:
@@ -108,7 +110,63 @@ def prepare(size: int, args, folder: Path) -> dict[str, Path]:
              "cal_image_dir": cal, "cal_images": args.cal_images}}, folder)  # fmt: skip
     run_task("quantize", {**base, "quantize": {"onnx_file": str(fp32), "output_file": str(ov_int8),
              "backend": "openvino", "cal_image_dir": cal, "cal_images": args.cal_images}}, folder)  # fmt: skip
-    return {"fp32": fp32, "int8": int8, "ov_int8": ov_int8}
+    files = {"fp32": fp32, "int8": int8, "ov_int8": ov_int8}
+    if args.ultralytics:
+        files["ultralytics"] = ultralytics_onnx(size, folder)
+    return files
+
+
+# ultralytics' RT-DETR-R50 (its rtdetr-resnet50.yaml, random weights: latency does not depend on
+# them) exported by ultralytics itself to ONNX at one size, batch 1, opset 17
+ULTRALYTICS_EXPORT = """
+import sys
+from ultralytics import RTDETR
+print(RTDETR("rtdetr-resnet50.yaml").export(format="onnx", imgsz=int(sys.argv[1]), opset=17, batch=1,
+                                            dynamic=False, simplify=False))
+"""
+
+
+def ultralytics_onnx(size: int, folder: Path) -> Path:
+    import os
+    import subprocess
+
+    work = folder / "ultralytics"
+    work.mkdir(exist_ok=True)
+    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", ULTRALYTICS_EXPORT, str(size)], cwd=work, env=env,
+                         capture_output=True, text=True, timeout=900)  # fmt: skip
+    if out.returncode != 0:
+        raise SystemExit(f"ultralytics' export failed: {out.stderr[-2000:]}")
+    return work / out.stdout.strip().splitlines()[-1]
+
+
+class PlainRunner:
+    """A foreign ONNX file run as it is by ONNX Runtime or OpenVINO (FP32), for timing only."""
+
+    def __init__(self, path: str, runtime: str, threads: int):
+        if runtime == "onnxruntime":
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.intra_op_num_threads = threads
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            name = self.session.get_inputs()[0].name
+            self.run = lambda x: self.session.run(None, {name: x})
+        else:
+            import openvino as ov
+
+            config = {
+                "INFERENCE_NUM_THREADS": threads,
+                "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_PRECISION_HINT": "f32",
+            }
+            compiled = ov.Core().compile_model(path, "CPU", config)
+            request = compiled.create_infer_request()
+            self.run = lambda x: list(request.infer({0: x}).values())
+
+    def __call__(self, images: torch.Tensor):
+        return [torch.from_numpy(np.asarray(t)) for t in self.run(images.numpy())]
 
 
 def evaluate(model: Path, runtime: str, size: int, args, folder: Path) -> dict:
@@ -131,6 +189,10 @@ def make_runner(name: str, files: dict[str, str], checkpoint: str, threads: int)
     from rtdetr.deploy import OnnxBackend, OpenVinoBackend, TorchBackend
 
     torch.set_num_threads(threads)
+    if name.startswith("ul_"):
+        return PlainRunner(
+            files["ultralytics"], "openvino" if name == "ul_ov_fp32" else "onnxruntime", threads
+        )
     if name == "pytorch":
         return TorchBackend.from_checkpoint(checkpoint, device="cpu")  # deploy-fused
     if name in DEPLOYED:
@@ -178,6 +240,8 @@ def bench_size(size: int, args, folder: Path) -> dict:
     ctx = mp.get_context("spawn")
     conns, procs = {}, []
     variants = VARIANTS if args.transformers else VARIANTS[:-1]
+    if args.ultralytics:
+        variants += ULTRALYTICS_VARIANTS
     for name in variants:
         conns[name], child = ctx.Pipe()
         proc = ctx.Process(target=worker, args=(name, {k: str(v) for k, v in files.items()}, str(args.checkpoint),
@@ -227,6 +291,11 @@ def bench_size(size: int, args, folder: Path) -> dict:
         "int8_vs_fp32": median["ort_int8"] / median["ort_fp32"],
         "ov_fp32_vs_ort_fp32": median["ov_fp32"] / median["ort_fp32"],
         "ov_int8_vs_ov_fp32": median["ov_int8"] / median["ov_fp32"],
+        # our best FP32 CPU path against ultralytics' best FP32 CPU path (--ultralytics)
+        "best_fp32_vs_ultralytics": min(median["ort_fp32"], median["ov_fp32"])
+        / min(median["ul_ort_fp32"], median["ul_ov_fp32"])
+        if args.ultralytics
+        else None,
         # the median over rounds of the ratio within a round (both runs a moment apart, so sharing the
         # machine's state): less moved by load that comes and goes than the ratio of the medians
         "paired": {
@@ -277,6 +346,9 @@ def tables(results: list[dict]) -> str:
     for r in results:
         cells = " | ".join(f"{r[k]:.2f}x (paired {r['paired'][k]:.2f}x)" if r[k] else "-" for k in keys)
         lines.append(f"| {r['size']} | {cells} |")
+    if all(r.get("best_fp32_vs_ultralytics") for r in results):
+        lines += ["", "| size | our best FP32 / ultralytics' best FP32 |", "|---|---:|"]
+        lines += [f"| {r['size']} | {r['best_fp32_vs_ultralytics']:.2f}x |" for r in results]
     if all(r["accuracy"] for r in results):
         lines += ["", "| size | variant | mAP | mAP50 |", "|---|---|---:|---:|"]
         for r in results:
@@ -308,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--cal-images", type=int, default=100)
+    parser.add_argument(
+        "--ultralytics", action="store_true",
+        help="also time ultralytics' RT-DETR-R50 (rtdetr-resnet50.yaml, random weights) exported by ultralytics "
+        "to ONNX, in ONNX Runtime and OpenVINO FP32 (needs ultralytics importable)",
+    )  # fmt: skip
     parser.add_argument("--settle", type=float, default=0.2, help="seconds of pause before each timed run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -348,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.transformers
         else None,
         "int8_target": target_verdict(f"INT8 <= {INT8_TARGET}x ORT FP32, mAP50 loss <= 1 point", INT8_TARGET, int8_ok),
+        "ultralytics_target": target_verdict(
+            f"our best FP32 <= {ULTRALYTICS_TARGET}x ultralytics' best FP32", ULTRALYTICS_TARGET,
+            all(r["best_fp32_vs_ultralytics"] <= ULTRALYTICS_TARGET for r in results),
+        ) if args.ultralytics else None,
         "ov_int8_target": target_verdict(f"OpenVINO INT8 <= {INT8_TARGET}x OpenVINO FP32, mAP50 loss <= 1 point",
                                          INT8_TARGET, ov_int8_ok),
     }  # fmt: skip
