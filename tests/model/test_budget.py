@@ -36,22 +36,14 @@ def _section(**changes) -> dict:
 
 
 def test_estimate_counts_exactly_what_build_model_builds():
-    from rtdetr.model.factory import build_model
+    from rtdetr.model.factory import build_model, model_kwargs
 
     section = _section(backbone="resnet_18vd", expansion=0.5, dec_layers=3)
     size = estimate_model_size(section, 7)
-    model = build_model(**{k: v for k, v in section.items() if k in _build_args()}, num_classes=7)
+    model = build_model(**model_kwargs(section, 7))
     assert size.parameters == sum(p.numel() for p in model.parameters())
     assert size.parameter_bytes == 4 * size.parameters
     assert size.buffer_bytes == sum(b.numel() * b.element_size() for b in model.buffers())
-
-
-def _build_args() -> set[str]:
-    import inspect
-
-    from rtdetr.model.factory import build_model
-
-    return set(inspect.signature(build_model).parameters) - {"num_classes", "pretrained_backbone_path"}
 
 
 def test_estimate_is_fast_even_at_the_largest_bounds():

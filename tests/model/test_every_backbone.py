@@ -79,8 +79,8 @@ def test_one_epoch_then_evaluate_and_export_on_the_sample(cli, tmp_path, backbon
     ]
     assert next(s["kpi"] for s in status if s.get("kpi"))["max_abs_diff_vs_pytorch"] <= 1e-4
     assert rtdetr.load_model(checkpoint).metadata.model["backbone"] == backbone
-    if backbone == "convnext_tiny":
-        return  # its operators are convnextv2_nano's; ONNX Runtime's quantizer takes 13 s over its 28 M weights
+    if backbone in ("convnext_tiny", "fan_tiny"):
+        return  # their operator types are those of convnextv2_nano, efficientvit_b0 and the decoder, quantized below
     result = cli("-q", "quantize", "-e", path, f"quantize.onnx_file={onnx}", f"quantize.output_file={tmp_path / 'int8.onnx'}",
                  f"quantize.cal_image_dir=[{data / 'images'}]", "quantize.cal_images=4")  # fmt: skip
     assert result.code == 0, result.err

@@ -24,7 +24,7 @@ def _quantize_ir(cli, onnx_file: Path, data: Path, folder: Path, *extra: str) ->
     output = folder / "model_int8.xml"
     result = cli("-q", "quantize", "-e", spec, f"quantize.onnx_file={onnx_file}", f"quantize.output_file={output}",
                  "quantize.backend=openvino", f"quantize.cal_image_dir=[{data / 'images' / 'train_*.png'}]",
-                 "quantize.cal_images=16", *extra)  # fmt: skip
+                 "quantize.cal_images=8", *extra)  # fmt: skip
     assert result.code == 0, result.err
     return output
 
@@ -107,7 +107,7 @@ def test_the_nncf_int8_ir_keeps_the_metadata_and_evaluates_close_to_fp32(cli, ta
     assert isinstance(detector.backend, OpenVinoBackend)
     assert detector.input_size == (128, 128) and detector.class_names == ["class_0", "red", "green"]
     quantization = detector.backend.export_info["quantization"]
-    assert quantization["backend"] == "openvino" and quantization["calibration_images"] == 16
+    assert quantization["backend"] == "openvino" and quantization["calibration_images"] == 8
     ops = {op.get_type_name() for op in ov.Core().read_model(str(ir)).get_ops()}
     assert "FakeQuantize" in ops  # NNCF's int8 quantize-dequantize pairs
     stats = {}
