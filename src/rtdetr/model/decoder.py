@@ -283,7 +283,9 @@ class RTDETRDecoder(nn.Module):
         )
         # a frozen foundation model's image summary -> one extra query in every decoder layer
         self.summary_proj = (
-            nn.Sequential(nn.Linear(summary_dim, hidden_dim), nn.LayerNorm(hidden_dim)) if summary_dim else None
+            nn.Sequential(nn.Linear(summary_dim, hidden_dim), nn.LayerNorm(hidden_dim))
+            if summary_dim
+            else None
         )
         self._reset_parameters()
 

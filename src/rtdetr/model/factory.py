@@ -95,7 +95,9 @@ def build_model(
         foundation = FrozenFoundationModel(build_radio(frozen_fm))
         if frozen_fm_checkpoint:
             load_radio(foundation.radio, frozen_fm_checkpoint)
-    extra_channels, extra_strides = ([foundation.width], [2 * net.out_strides[-1]]) if foundation else ([], [])
+    extra_channels, extra_strides = (
+        ([foundation.width], [2 * net.out_strides[-1]]) if foundation else ([], [])
+    )
     encoder = HybridEncoder(
         in_channels=net.out_channels + extra_channels,
         feat_strides=net.out_strides + extra_strides,
