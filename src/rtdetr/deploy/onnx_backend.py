@@ -65,11 +65,7 @@ class OnnxBackend:
         self.path = Path(path)
         info = inspect_onnx(self.path)
         self.metadata, self.export_info = info.metadata, info.export_info
-        if self.export_info.get("end_to_end"):
-            raise UserError(
-                f"{self.path}: an end-to-end export (postprocess inside); evaluate, inference and the "
-                "Detector run the raw outputs: export again without export.end_to_end"
-            )
+        check_raw_outputs(self.path, self.export_info)
         quantization = self.export_info.get("quantization")
         if quantization and not quantization.get("reduce_range", False) and x86_without_vnni():
             log.warning(
@@ -93,6 +89,15 @@ class OnnxBackend:
             lambda array: self.session.run(["pred_logits", "pred_boxes"], {"inputs": array}),
             images,
             self.batch_size,
+        )
+
+
+def check_raw_outputs(path: Path, export_info: dict) -> None:
+    """UserError for an end-to-end export: the runtimes' backends give the raw outputs."""
+    if export_info.get("end_to_end"):
+        raise UserError(
+            f"{path}: an end-to-end export (postprocess inside); evaluate, inference and the "
+            "Detector run the raw outputs: export again without export.end_to_end"
         )
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from rtdetr.deploy.export import METADATA_KEY, OnnxModelInfo, inspect_onnx
-from rtdetr.deploy.onnx_backend import run_in_batches
+from rtdetr.deploy.onnx_backend import check_raw_outputs, run_in_batches
 from rtdetr.errors import UserError
 from rtdetr.model.checkpoint import ModelMetadata
 
@@ -117,11 +117,7 @@ class OpenVinoBackend:
             )
         model, info = read_model(self.path)
         self.metadata, self.export_info = info.metadata, info.export_info
-        if self.export_info.get("end_to_end"):
-            raise UserError(
-                f"{self.path}: an end-to-end export (postprocess inside); evaluate, inference and the "
-                "Detector run the raw outputs: export again without export.end_to_end"
-            )
+        check_raw_outputs(self.path, self.export_info)
         ov = import_openvino(str(self.path))
         config = {
             "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),

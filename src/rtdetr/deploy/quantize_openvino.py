@@ -78,7 +78,7 @@ def quantize_openvino(
     patterns = list(exclude_nodes)
     excluded = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     if patterns and not excluded:
-        log.warning("%s.exclude_nodes: no node matches %s", section, list(patterns))
+        log.warning("%s.exclude_nodes: no node matches %s", section, patterns)
     batches = list(calibration_batches(paths, info.input_size, preserve_aspect_ratio, batch, count // batch,
                                        field=images_field, requirement="the ONNX file's batch size", minimum=1))  # fmt: skip
     count = len(batches) * batch

@@ -22,6 +22,7 @@ from torch import nn
 from rtdetr.config import ExperimentConfig, spec_to_dict
 from rtdetr.engine.model_setup import (
     architecture_differences,
+    checkpoint_metadata,
     read_model_state,
     state_misfit,
     use_channels_last,
@@ -31,6 +32,7 @@ from rtdetr.errors import UserError
 from rtdetr.loss import Binding, DistillationLoss, total_loss
 from rtdetr.loss.distill import FEATURE_NAMES, tensors_of
 from rtdetr.model.checkpoint import ModelMetadata, build_from_metadata
+from rtdetr.model.weights import torch_load_weights
 
 log = logging.getLogger(__name__)
 
@@ -248,13 +250,16 @@ class DistillModule(DetectionModule):
 def load_teacher(teacher: nn.Module, path: str | os.PathLike, section: dict, num_classes: int) -> None:
     """Load every tensor of the teacher from ``path`` (our checkpoints, TAO's, plain state dicts);
     UserError in one line when the file does not hold exactly the tensors of distill.teacher."""
-    state = read_model_state(teacher, path, TEACHER_FIELD)
+    data = torch_load_weights(path, TEACHER_FIELD)
+    state = read_model_state(teacher, path, TEACHER_FIELD, data)
     misfit = state_misfit(state, teacher.state_dict(), "distill.teacher")
     if misfit:
+        differences = architecture_differences(
+            checkpoint_metadata(data), section, num_classes, "distill.teacher."
+        )
         raise UserError(
-            f"{TEACHER_FIELD}: {path} does not fit distill.teacher {misfit}"
-            f"{architecture_differences(path, section, num_classes, 'distill.teacher.', TEACHER_FIELD)}; give distill.teacher the model "
-            "section the teacher was trained with"
+            f"{TEACHER_FIELD}: {path} does not fit distill.teacher {misfit}{differences}; give distill.teacher "
+            "the model section the teacher was trained with"
         )
     teacher.load_state_dict(state)
     log.info("teacher %s: loaded %d tensors", path, len(state))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +17,7 @@ from rtdetr.model.checkpoint import STATE_PREFIX
 from rtdetr.model.convert_hf import is_tao_state_dict, tao_state_dict_to_ours
 from rtdetr.model.decoder import TransformerDecoderLayer
 from rtdetr.model.encoder import TransformerEncoderLayer
-from rtdetr.model.factory import model_kwargs
+from rtdetr.model.factory import WEIGHT_FILE_ARGS, model_kwargs
 from rtdetr.model.weights import torch_load_weights
 
 log = logging.getLogger(__name__)
@@ -32,12 +32,14 @@ class LoadReport:
     mapped: list[str] = field(default_factory=list)  # class tensors rebuilt from the rows of matching names
 
 
-def read_model_state(model: nn.Module, path: str | os.PathLike, field: str) -> dict[str, torch.Tensor]:
+def read_model_state(model: nn.Module, path: str | os.PathLike, field: str, data: object = None
+                     ) -> dict[str, torch.Tensor]:  # fmt: skip
     """The tensors of a weights file under ``model``'s names: our checkpoints, TAO's RT-DETR
     checkpoints (``model.model.*`` keys, the backbone's through its ``adapt_state_dict``) and plain
     state dicts (also under "model", "state_dict" or "ema.module"). ``field`` names the spec field
-    in errors."""
-    data = torch_load_weights(path, field)
+    in errors; ``data``: the file's contents when already loaded (torch_load_weights)."""
+    if data is None:
+        data = torch_load_weights(path, field)
     state = data
     if isinstance(data, dict) and isinstance(data.get("ema"), dict):
         state = data["ema"].get("module", data["ema"])
@@ -58,8 +60,7 @@ def read_model_state(model: nn.Module, path: str | os.PathLike, field: str) -> d
 
 # build_model arguments that do not change the tensors a model holds
 NOT_IN_WEIGHTS = {
-    "pretrained_backbone_path",
-    "frozen_fm_checkpoint",
+    *WEIGHT_FILE_ARGS,
     "train_backbone",
     "aux_loss",
     "label_noise_ratio",
@@ -68,13 +69,18 @@ NOT_IN_WEIGHTS = {
 CLASS_TENSORS = ("score_head", "denoising_class_embed")  # sized by the number of classes
 
 
-def architecture_differences(path: str | os.PathLike, section: dict, num_classes: int, prefix: str, field: str
-                             ) -> str:  # fmt: skip
-    """The architecture fields in which a checkpoint of ours differs from a model section (spec
-    fields under ``prefix``), "" when none does or the file carries no model section."""
-    data = torch_load_weights(path, field)
+def checkpoint_metadata(data: object) -> dict:
+    """The metadata a checkpoint of ours stores (model section, class names, ...), {} for other files."""
     meta = data.get("rtdetr") if isinstance(data, dict) else None
-    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+    return meta if isinstance(meta, dict) else {}
+
+
+def architecture_differences(meta: dict, section: dict, num_classes: int, prefix: str,
+                             ignore: Collection[str] = ()) -> str:  # fmt: skip
+    """The architecture fields in which a checkpoint of ours (its ``meta``, checkpoint_metadata) differs
+    from a model section (spec fields under ``prefix``), "" when none does (``ignore``: build_model
+    arguments left out, e.g. num_classes) or the file carries no model section."""
+    if not isinstance(meta.get("model"), dict):
         return ""
     theirs = model_kwargs(meta["model"], int(meta.get("num_classes", num_classes)))
     ours = model_kwargs(section, num_classes)
@@ -82,17 +88,9 @@ def architecture_differences(path: str | os.PathLike, section: dict, num_classes
     diffs = [
         f"{k} {theirs[k]} ({names.get(k, prefix + k)}: {ours[k]})"
         for k in ours
-        if k in theirs and k not in NOT_IN_WEIGHTS and theirs[k] != ours[k]
+        if k in theirs and k not in NOT_IN_WEIGHTS and k not in ignore and theirs[k] != ours[k]
     ]
     return f"; the checkpoint's model has {', '.join(diffs[:4])}" if diffs else ""
-
-
-def checkpoint_class_names(path: str | os.PathLike) -> list[str] | None:
-    """The class names stored with a checkpoint of ours (None for other files)."""
-    data = torch_load_weights(path, "train.pretrained_model_path")
-    meta = data.get("rtdetr") if isinstance(data, dict) else None
-    names = meta.get("class_names") if isinstance(meta, dict) else None
-    return [str(n) for n in names] if isinstance(names, list) else None
 
 
 def _class_key(name: str) -> str:
@@ -148,11 +146,15 @@ def load_pretrained_model(model: nn.Module, path: str | os.PathLike, section: di
     other rows keep their initialisation. With the spec's model ``section``, a checkpoint of ours
     whose other tensors do not fit is refused in one line naming the fields that differ.
     """
-    state = read_model_state(model, path, "train.pretrained_model_path")
+    field = "train.pretrained_model_path"
+    data = torch_load_weights(path, field)  # read once: the tensors, the class names, the model section
+    state = read_model_state(model, path, field, data)
     own = model.state_dict()
     report = LoadReport()
-    theirs = checkpoint_class_names(path) if class_names else None
-    if theirs:
+    meta = checkpoint_metadata(data)
+    theirs = meta.get("class_names") if class_names else None
+    if isinstance(theirs, list) and theirs:
+        theirs = [str(n) for n in theirs]
         for name, matched in map_class_rows(state, own, theirs, list(class_names)).items():
             report.mapped.append(name)
             log.info(
@@ -172,10 +174,9 @@ def load_pretrained_model(model: nn.Module, path: str | os.PathLike, section: di
     structural = [n for n in report.mismatched + report.unexpected if not any(c in n for c in CLASS_TENSORS)]
     if structural and section is not None:
         differences = architecture_differences(
-            path, section, num_classes or 1, "model.", "train.pretrained_model_path"
+            meta, section, num_classes or 1, "model.", ignore={"num_classes"}
         )
-        differences = ", ".join(p for p in differences.split(", ") if "dataset.num_classes" not in p)
-        if differences and "(model." in differences:
+        if differences:
             raise UserError(
                 f"train.pretrained_model_path: {path} does not fit the spec's model{differences}; give the model "
                 "section the checkpoint was trained with (only the class count may differ)"

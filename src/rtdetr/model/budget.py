@@ -128,8 +128,8 @@ def estimate_model_size(model_section: Mapping[str, Any], num_classes: int) -> M
     _check_section(model_section, num_classes)
 
     kwargs = factory.model_kwargs(dict(model_section), num_classes)
-    kwargs.pop("pretrained_backbone_path", None)
-    kwargs.pop("frozen_fm_checkpoint", None)
+    for name in factory.WEIGHT_FILE_ARGS:
+        kwargs.pop(name, None)
     return _meta_size(tuple(sorted((k, _frozen(v)) for k, v in kwargs.items())))
 
 

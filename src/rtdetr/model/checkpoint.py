@@ -23,7 +23,7 @@ from rtdetr import __version__
 from rtdetr.common.files import atomic_write
 from rtdetr.errors import UserError
 from rtdetr.model.budget import check_model_budget
-from rtdetr.model.factory import build_model, model_kwargs
+from rtdetr.model.factory import WEIGHT_FILE_ARGS, build_model, model_kwargs
 from rtdetr.model.weights import torch_load_weights
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,8 @@ def build_from_metadata(
     check_model_budget(meta.model, meta.num_classes, training=training)
     kwargs = model_kwargs(meta.model, meta.num_classes)
     if not load_pretrained_backbone:  # the weights come from a checkpoint of the whole model
-        kwargs.pop("pretrained_backbone_path", None)
-        kwargs.pop("frozen_fm_checkpoint", None)
+        for name in WEIGHT_FILE_ARGS:
+            kwargs.pop(name, None)
     try:
         return build_model(**kwargs)
     except ValueError as exc:

@@ -15,6 +15,10 @@ from rtdetr.model.rtdetr import RTDETR
 
 logger = logging.getLogger(__name__)
 
+# build_model arguments naming weights files to load while building: a model rebuilt for a checkpoint
+# of the whole model, or only measured, leaves them out
+WEIGHT_FILE_ARGS = ("pretrained_backbone_path", "frozen_fm_checkpoint")
+
 
 def build_model(
     *,
